@@ -1,0 +1,56 @@
+"""The ``stardist-hier`` command line.
+
+Each subcommand lives in its own module under :mod:`stardist_hier.commands` with two
+functions, ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import
+heavy libraries (TensorFlow) inside ``run`` so that ``stardist-hier --help`` and the data
+and metrics commands start fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+#: subcommand -> (module, one-line help)
+COMMANDS = {
+    "hierarchy": ("stardist_hier.commands.hierarchy", "validate a hierarchy YAML and print its tree and label sets"),
+    "prepare": ("stardist_hier.commands.prepare", "convert a dataset's native download into 256x256 TIFF patches"),
+    "evaluate": ("stardist_hier.commands.evaluate", "score a model or saved predictions: bPQ, mPQ, mPQ+, F1, R2"),
+    "synth": ("stardist_hier.commands.synth", "generate the synthetic hierarchical H&E datasets"),
+    "demo": ("stardist_hier.commands.demo", "run the miniature version of the paper's experiments end to end"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="stardist-hier",
+        description="Hierarchy-aware StarDist: one nucleus segmentation + classification model "
+                    "trained on datasets whose label sets are cuts of one class hierarchy.",
+    )
+    parser.add_argument("--version", action="version", version=f"stardist-hier {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # command not available in this build
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``stardist-hier`` command line (one module each)."""
