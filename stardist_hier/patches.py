@@ -1,0 +1,452 @@
+"""The common patch format that every dataset is converted to, and its loader.
+
+Layout
+------
+::
+
+    <root>/<dataset>/index.csv                      one row per patch (see below)
+    <root>/<dataset>/<split>/images/<patch_id>.tif  RGB uint8, (256, 256, 3)
+    <root>/<dataset>/<split>/masks/<patch_id>.tif   int32, (256, 256, 2)
+
+Mask channels (as in the paper):
+
+* channel 0: instance ids, ``0`` background, ``1..n`` nuclei (relabelled per patch),
+  negative (``-1``) = ignore region: no loss is computed there (StarDist's convention).
+  Padding, MoNuSAC "Ambiguous" regions and unlabelled pixels are ignore regions.
+* channel 1: class ids in the dataset's *own* label ids (``0`` background). Every pixel
+  of a nucleus carries the nucleus's class; a nucleus of unknown class is class 0.
+
+``index.csv`` columns: ``patch_id, split, source, offset_y, offset_x, tissue,
+label_set, n_nuclei, n_class_<k>`` (one column per class id ``k`` of the label set)
+and ``n_unknown`` (nuclei without class), so every patch can be traced back to the
+file and position it was cut from.
+
+This module is plain numpy / tifffile / pandas: data preparation never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "PATCH_SIZE", "IGNORE", "PatchFormatError",
+    "patch_path", "write_patch", "read_patch", "patch_exists", "list_patches", "list_splits",
+    "write_index", "read_index", "index_path",
+    "instance_classes", "class_counts", "relabel_instances", "paint_classes",
+    "tile_offsets", "tile_sample", "load_split",
+]
+
+PATCH_SIZE = 256
+#: instance id written for ignore regions (padding, ambiguous or unlabelled pixels)
+IGNORE = -1
+
+
+class PatchFormatError(ValueError):
+    """A patch, an index or a patch folder that does not follow the format above."""
+
+
+# ----------------------------------------------------------------------------------------
+# paths, writing and reading
+
+
+def patch_path(root, dataset, split, kind, patch_id):
+    """Path of one patch file; ``kind`` is ``'images'`` or ``'masks'``."""
+    if kind not in ("images", "masks"):
+        raise ValueError(f"kind must be 'images' or 'masks', got {kind!r}")
+    return Path(root) / str(dataset) / str(split) / kind / f"{patch_id}.tif"
+
+
+def _atomic_imwrite(path, array, **kwargs):
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A temporary name in the same folder makes os.replace an atomic rename: an
+    # interrupted run can leave a stray temp file but never a half-written patch.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        os.close(fd)
+        tifffile.imwrite(tmp, array, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_patch(image, mask, size=None):
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise PatchFormatError(f"image must be HxWx3 RGB, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise PatchFormatError(f"image must be uint8, got {image.dtype}")
+    if mask.ndim != 3 or mask.shape[2] != 2:
+        raise PatchFormatError(f"mask must be HxWx2 (instance ids, class ids), got shape {mask.shape}")
+    if mask.shape[:2] != image.shape[:2]:
+        raise PatchFormatError(f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
+    if size is not None and image.shape[:2] != (size, size):
+        raise PatchFormatError(f"patches are {size}x{size}, got {image.shape[:2]}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise PatchFormatError(f"mask must be integer, got {mask.dtype}")
+    return image, mask.astype(np.int32, copy=False)
+
+
+def write_patch(out_root, dataset, split, patch_id, image, mask, compression="zlib"):
+    """Write one patch (image, then mask), each atomically.
+
+    Parameters
+    ----------
+    out_root : str or path-like
+        Root of the converted datasets.
+    dataset, split, patch_id : str
+        Where the patch goes: ``<out_root>/<dataset>/<split>/{images,masks}/<patch_id>.tif``.
+    image : numpy.ndarray
+        ``(256, 256, 3)`` RGB uint8.
+    mask : numpy.ndarray
+        ``(256, 256, 2)`` integer: instance ids (negative = ignore) and class ids.
+    compression : str or None
+        TIFF compression (lossless); ``None`` writes raw data.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The image and mask paths.
+    """
+    image, mask = _check_patch(image, mask, PATCH_SIZE)
+    ipath = patch_path(out_root, dataset, split, "images", patch_id)
+    mpath = patch_path(out_root, dataset, split, "masks", patch_id)
+    # The mask goes last: patch_exists() tests the mask, so a patch counts as finished
+    # only once both files are in place.
+    _atomic_imwrite(ipath, image, photometric="rgb", compression=compression)
+    _atomic_imwrite(mpath, mask, photometric="minisblack", planarconfig="contig", compression=compression)
+    return ipath, mpath
+
+
+def patch_exists(root, dataset, split, patch_id):
+    """True if both files of a patch are in place (a finished patch)."""
+    return (patch_path(root, dataset, split, "masks", patch_id).is_file()
+            and patch_path(root, dataset, split, "images", patch_id).is_file())
+
+
+def read_patch(root, dataset, split, patch_id):
+    """Read one patch.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        ``(256, 256, 3)`` uint8.
+    mask : numpy.ndarray
+        ``(256, 256, 2)`` int32.
+    """
+    import tifffile
+
+    ipath = patch_path(root, dataset, split, "images", patch_id)
+    mpath = patch_path(root, dataset, split, "masks", patch_id)
+    for p in (ipath, mpath):
+        if not p.is_file():
+            raise FileNotFoundError(f"patch file missing: {p}")
+    try:
+        image = tifffile.imread(ipath)
+        mask = tifffile.imread(mpath)
+    except Exception as e:  # tifffile raises several types for damaged files
+        raise PatchFormatError(f"cannot read patch '{patch_id}' in {ipath.parent.parent}: {e}") from e
+    if mask.ndim == 3 and mask.shape[0] == 2 and mask.shape[2] != 2:
+        mask = np.moveaxis(mask, 0, -1)  # written planar by another tool
+    try:
+        return _check_patch(image, mask)
+    except PatchFormatError as e:
+        raise PatchFormatError(f"{mpath}: {e}") from None
+
+
+def list_splits(root, dataset):
+    """Splits present for a dataset (sorted folder names that contain ``masks/``)."""
+    d = Path(root) / str(dataset)
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if (p / "masks").is_dir())
+
+
+def list_patches(root, dataset, split):
+    """Sorted ids of the finished patches of one split (empty list if there are none)."""
+    d = Path(root) / str(dataset) / str(split) / "masks"
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.tif")
+                  if not p.name.startswith(".") and patch_path(root, dataset, split, "images", p.stem).is_file())
+
+
+# ----------------------------------------------------------------------------------------
+# index
+
+
+def index_path(root, dataset):
+    """Path of a dataset's ``index.csv``."""
+    return Path(root) / str(dataset) / "index.csv"
+
+
+def write_index(root, dataset, rows):
+    """Write ``index.csv`` (atomically) from a list of row dicts or a DataFrame; returns the path."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    front = ["patch_id", "split", "source", "offset_y", "offset_x", "tissue", "label_set", "n_nuclei"]
+    cls_cols = sorted((c for c in df.columns if c.startswith("n_class_")), key=lambda c: int(c[8:]))
+    rest = [c for c in df.columns if c not in front and c not in cls_cols]
+    cols = [c for c in front if c in df.columns] + cls_cols + rest
+    if len(df):
+        df = df[cols].sort_values(["split", "patch_id"], kind="stable")
+        for c in cls_cols + [c for c in ("n_nuclei", "n_unknown") if c in df.columns]:
+            df[c] = df[c].fillna(0).astype(int)
+    path = index_path(root, dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_index(root, dataset):
+    """A dataset's ``index.csv`` as a :class:`pandas.DataFrame` (one row per patch)."""
+    import pandas as pd
+
+    path = index_path(root, dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no index for dataset '{dataset}': {path} does not exist; convert it with "
+            f"`stardist-hier prepare {dataset} --src <download folder> --out {root}`"
+        )
+    return pd.read_csv(path, dtype={"patch_id": str, "split": str, "source": str, "tissue": str})
+
+
+# ----------------------------------------------------------------------------------------
+# masks
+
+
+def instance_classes(mask):
+    """Class of every instance of a mask.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(H, W, 2)`` mask (instance ids, class ids), or a pair ``(instances, classes)``.
+
+    Returns
+    -------
+    dict
+        ``{instance id: class id or None}`` for every positive instance id. The class is
+        the most frequent non-zero class over the instance's pixels (ties: the smaller
+        id); an instance whose pixels are all class 0 has class ``None`` (unknown class,
+        StarDist's meaning).
+    """
+    if isinstance(mask, (tuple, list)):
+        inst, cls = (np.asarray(a) for a in mask)
+    else:
+        mask = np.asarray(mask)
+        inst, cls = mask[..., 0], mask[..., 1]
+    inst = inst.ravel().astype(np.int64)
+    cls = cls.ravel().astype(np.int64)
+    ids = np.unique(inst[inst > 0])
+    out = {int(i): None for i in ids}
+    sel = (inst > 0) & (cls > 0)
+    if sel.any():
+        pairs, counts = np.unique(np.stack([inst[sel], cls[sel]]), axis=1, return_counts=True)
+        # sort by instance, then count descending, then class ascending: first per instance wins
+        order = np.lexsort((pairs[1], -counts, pairs[0]))
+        pairs = pairs[:, order]
+        first = np.r_[True, pairs[0, 1:] != pairs[0, :-1]]
+        for i, c in zip(pairs[0, first], pairs[1, first]):
+            out[int(i)] = int(c)
+    return out
+
+
+def class_counts(classes):
+    """``{class id: number of nuclei}`` from an :func:`instance_classes` dict (``None`` -> 0)."""
+    counts = {}
+    for c in classes.values():
+        k = 0 if c is None else int(c)
+        counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def relabel_instances(inst):
+    """Relabel positive ids to ``1..n`` (in order of the old ids); every negative id becomes ``IGNORE``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 array of the same shape.
+    """
+    inst = np.asarray(inst)
+    out = np.zeros(inst.shape, np.int32)
+    pos = inst > 0
+    if pos.any():
+        _, inv = np.unique(inst[pos], return_inverse=True)
+        out[pos] = inv.astype(np.int32) + 1
+    out[inst < 0] = IGNORE
+    return out
+
+
+def paint_classes(inst, classes):
+    """Class map in which every pixel of a nucleus carries that nucleus's class.
+
+    Parameters
+    ----------
+    inst : numpy.ndarray
+        ``(H, W)`` instance ids (negative = ignore).
+    classes : dict or numpy.ndarray
+        ``{instance id: class id or None}``, or an ``(H, W)`` class map from which each
+        instance's class is taken by :func:`instance_classes` (majority over the instance).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` int32; 0 on background, ignore regions and nuclei of unknown class.
+    """
+    inst = np.asarray(inst)
+    if not isinstance(classes, dict):
+        classes = instance_classes((inst, np.asarray(classes)))
+    top = int(inst.max()) if inst.size else 0
+    lut = np.zeros(max(top, 0) + 1, np.int32)
+    for i, c in classes.items():
+        if 0 < int(i) <= top and c is not None:
+            lut[int(i)] = int(c)
+    return np.where(inst > 0, lut[np.clip(inst, 0, None)], 0).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------
+# tiling
+
+
+def tile_offsets(length, size=PATCH_SIZE, stride=None):
+    """Start offsets that cover ``[0, length)`` with windows of ``size``.
+
+    Windows advance by ``stride`` (default ``size``: no overlap); the last one is aligned
+    to the end so the whole length is covered without padding. A length of at most
+    ``size`` gives ``[0]`` (that window is padded by :func:`tile_sample`).
+    """
+    stride = size if stride is None else int(stride)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def tile_sample(image, inst, classes, size=PATCH_SIZE, stride=None):
+    """Cut one labelled image into ``size x size`` patches in the patch format.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    inst : numpy.ndarray
+        ``(H, W)`` instance ids; 0 background, negative = ignore region.
+    classes : dict or numpy.ndarray
+        ``{instance id: class id or None}`` or an ``(H, W)`` class map. The class is
+        fixed per nucleus on the *whole* image before cutting, so a nucleus cut by a tile
+        edge keeps its class even if the cut-off part held most of a mixed labelling.
+    size : int
+        Patch size.
+    stride : int, optional
+        Step between tiles (default ``size``); the last tile is aligned to the edge.
+
+    Yields
+    ------
+    offset_y, offset_x : int
+        Top-left corner of the tile in the source image.
+    image : numpy.ndarray
+        ``(size, size, 3)`` uint8; padding (images smaller than ``size``) is zero.
+    mask : numpy.ndarray
+        ``(size, size, 2)`` int32; instance ids relabelled ``1..n`` per tile (a nucleus
+        touching several tiles appears in each), padding marked ``IGNORE``.
+    """
+    image = np.asarray(image)
+    inst = np.asarray(inst)
+    if image.shape[:2] != inst.shape[:2]:
+        raise PatchFormatError(f"image {image.shape[:2]} and instance mask {inst.shape[:2]} differ in size")
+    cls = paint_classes(inst, classes)
+    h, w = inst.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph or pw:
+        # padding is invented: ignore, so no loss is computed there
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        inst = np.pad(inst, ((0, ph), (0, pw)), constant_values=IGNORE)
+        cls = np.pad(cls, ((0, ph), (0, pw)))
+    for oy in tile_offsets(h, size, stride):
+        for ox in tile_offsets(w, size, stride):
+            ti = inst[oy:oy + size, ox:ox + size]
+            mask = np.empty((size, size, 2), np.int32)
+            mask[..., 0] = relabel_instances(ti)
+            mask[..., 1] = np.where(mask[..., 0] > 0, cls[oy:oy + size, ox:ox + size], 0)
+            yield oy, ox, np.ascontiguousarray(image[oy:oy + size, ox:ox + size]), mask
+
+
+# ----------------------------------------------------------------------------------------
+# loading for training
+
+
+def _missing_hint(root, dataset):
+    return f"`stardist-hier prepare {dataset} --src <folder of the {dataset} download> --out {root}`"
+
+
+def load_split(root, dataset, split, label_set=None):
+    """Load one split of a converted dataset for training.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The ``--out`` folder of ``stardist-hier prepare``.
+    dataset : str
+        Dataset folder name (``'pannuke'``, ``'monusac'``, ...).
+    split : str
+        Split folder name (``'train'``, ``'val'``, ``'test'``, ``'fold1'``, ...).
+    label_set : str, LabelSet or None
+        If given, every class id is checked against this label set (a name is looked up
+        in the default hierarchy), so a mismatch fails here rather than in training.
+
+    Returns
+    -------
+    X : list of numpy.ndarray
+        ``(H, W, 3)`` uint8 images.
+    Y : list of numpy.ndarray
+        ``(H, W)`` int32 instance masks (negative = ignore).
+    classes : list of dict
+        Per image ``{instance id: class id or None}``; pass as
+        ``HierStarDist2D.train(X, Y, classes=classes, dataset=<label set name>)``.
+    """
+    root = Path(root)
+    folder = root / str(dataset) / str(split)
+    ids = list_patches(root, dataset, split)
+    if not ids:
+        have = list_splits(root, dataset)
+        what = (f"splits present: {have}" if have else f"dataset '{dataset}' has not been converted under {root}")
+        raise FileNotFoundError(
+            f"no patches in {folder} ({what}); convert the dataset with {_missing_hint(root, dataset)}"
+        )
+    checker = None
+    if label_set is not None:
+        from .hierarchy import ClassHierarchy, LabelSet
+
+        checker = label_set if isinstance(label_set, LabelSet) else ClassHierarchy.default().label_set(label_set)
+    X, Y, C = [], [], []
+    for pid in ids:
+        image, mask = read_patch(root, dataset, split, pid)
+        if checker is not None:
+            checker.check_class_ids(mask[..., 1], where=str(patch_path(root, dataset, split, "masks", pid)))
+        X.append(image)
+        Y.append(np.ascontiguousarray(mask[..., 0]))
+        C.append(instance_classes(mask))
+    return X, Y, C
