@@ -1,0 +1,550 @@
+"""Hierarchy-aware StarDist: :class:`HierConfig2D` and :class:`HierStarDist2D`.
+
+Both subclass their StarDist counterparts and keep their constructors, so existing
+pipelines can swap the class in. The network is stock StarDist's multi-class network with
+``n_classes`` = the number of leaves of the hierarchy; what changes is the class target
+(:mod:`stardist_hier.targets`), the class loss (:mod:`stardist_hier.losses`), training on
+several datasets, and how predicted instances get their class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from numbers import Integral
+from pathlib import Path
+
+import keras
+import numpy as np
+from csbdeep.utils import load_json
+from stardist.models import Config2D, StarDist2D
+
+from .hierarchy import ClassHierarchy, HierarchyError
+from .losses import FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA, hierarchical_class_loss
+from .targets import HierStarDistData2D, resolve_label_sets
+
+__all__ = ["HierConfig2D", "HierStarDist2D", "HIER_CONFIG_DEFAULTS"]
+
+#: Parameters that :class:`HierConfig2D` adds to :class:`stardist.models.Config2D`, with
+#: their defaults. They are saved to ``hier_config.json`` (and the hierarchy to
+#: ``hierarchy.yaml``) beside ``config.json``, which keeps only stock keys so that stock
+#: ``StarDist2D(None, name, basedir)`` loads the folder.
+HIER_CONFIG_DEFAULTS = dict(
+    hierarchy=None,
+    train_class_ce_weight=1.0,
+    train_focal_tversky_weight=1.0,
+    train_focal_tversky_alpha=FOCAL_TVERSKY_ALPHA,
+    train_focal_tversky_gamma=FOCAL_TVERSKY_GAMMA,
+    train_focal_tversky_mode="pixelwise",
+    train_early_stopping_patience=None,
+    predict_class_from="instance",
+)
+
+HIER_CONFIG_FILE = "hier_config.json"
+HIERARCHY_FILE = "hierarchy.yaml"
+
+
+def _atomic_write_json(data, path):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class HierConfig2D(Config2D):
+    """Configuration of a :class:`HierStarDist2D` model.
+
+    Takes every parameter of :class:`stardist.models.Config2D` (same positional order) and:
+
+    Parameters
+    ----------
+    hierarchy : str, path, dict, ClassHierarchy or None
+        Class hierarchy (YAML path, ``'default'`` for the one shipped with the package, a
+        dict as in the YAML, or a :class:`ClassHierarchy`). Sets ``n_classes`` to its number
+        of leaves; a different explicit ``n_classes`` is an error. ``None``: a flat
+        hierarchy of ``n_classes`` leaves with one label set ``'default'`` (ids 1..n_classes),
+        i.e. stock multi-class StarDist.
+
+    Attributes
+    ----------
+    hierarchy : dict or None
+        The hierarchy as a plain dict (see :meth:`ClassHierarchy.to_dict`).
+    train_class_ce_weight : float
+        Weight of the modified cross-entropy (paper Eq. 2) in the class loss (default 1).
+    train_focal_tversky_weight : float
+        Weight of the modified focal Tversky loss (paper Eq. 4) in the class loss
+        (default 1; the paper uses "a positive combination" of the two). 0 switches it off,
+        and with a flat hierarchy the class loss is then exactly stock StarDist's.
+    train_focal_tversky_alpha : float
+        Weight of false negatives in the Tversky index (default 0.7, Abraham & Khan 2019,
+        also StarDist's CoNIC recipe).
+    train_focal_tversky_gamma : float
+        Exponent applied to ``1 - TI`` (default 0.75 = 1/(4/3), Abraham & Khan 2019).
+    train_focal_tversky_mode : str
+        ``'pixelwise'`` (paper Eq. 4, per pixel) or ``'classwise'`` (per label-set class,
+        summed over the pixels of each image, Abraham & Khan 2019).
+    train_early_stopping_patience : int or None
+        Stop a :meth:`HierStarDist2D.train` call when ``val_loss`` has not improved for
+        this many epochs (the paper monitors validation loss); ``None`` disables it.
+    predict_class_from : str
+        ``'instance'``: an instance's class probabilities are the object-probability-weighted
+        mean of the class map over its pixels, background excluded from the arg-max
+        (StarDist's CoNIC 2022 rule). ``'center'``: stock StarDist (class map at the polygon
+        centre, arg-max over all channels, background included).
+    train_tensorboard : bool
+        As in StarDist, but off by default: TensorFlow >= 2.21 no longer installs
+        TensorBoard, and StarDist's callback would fail at the first epoch without it.
+    """
+
+    def __init__(self, axes="YX", n_rays=32, n_channel_in=1, grid=(1, 1), n_classes=None, backbone="unet",
+                 hierarchy=None, **kwargs):
+        """See class docstring."""
+        if hierarchy is not None:
+            h = ClassHierarchy.resolve(hierarchy)
+            if n_classes is not None and int(n_classes) != h.n_classes:
+                raise HierarchyError(f"n_classes={n_classes} but the hierarchy ({h.source}) has {h.n_classes} leaves")
+            n_classes = h.n_classes
+            hierarchy = h.to_dict()
+        for key, value in HIER_CONFIG_DEFAULTS.items():
+            setattr(self, key, value)
+        self.hierarchy = hierarchy
+        kwargs.setdefault("train_tensorboard", False)
+        super().__init__(axes=axes, n_rays=n_rays, n_channel_in=n_channel_in, grid=grid,
+                         n_classes=n_classes, backbone=backbone, **kwargs)
+
+    def is_valid(self, return_invalid=False):
+        ok, invalid = super().is_valid(True)
+        checks = {
+            "train_class_ce_weight": self.train_class_ce_weight >= 0,
+            "train_focal_tversky_weight": self.train_focal_tversky_weight >= 0
+            and self.train_class_ce_weight + self.train_focal_tversky_weight > 0,
+            "train_focal_tversky_alpha": 0 < self.train_focal_tversky_alpha < 1,
+            "train_focal_tversky_gamma": self.train_focal_tversky_gamma > 0,
+            "train_focal_tversky_mode": self.train_focal_tversky_mode in ("pixelwise", "classwise"),
+            "train_early_stopping_patience": self.train_early_stopping_patience is None
+            or (isinstance(self.train_early_stopping_patience, Integral) and self.train_early_stopping_patience >= 1),
+            "predict_class_from": self.predict_class_from in ("instance", "center"),
+        }
+        invalid = tuple(invalid) + tuple(k for k, good in checks.items() if not good)
+        ok = len(invalid) == 0
+        return (ok, invalid) if return_invalid else ok
+
+    @classmethod
+    def from_config2d(cls, config, **kwargs):
+        """Convert a stock :class:`Config2D` (same network and training parameters)."""
+        params = {k: v for k, v in vars(config).items() if k not in ("n_dim", "n_channel_out")}
+        params.update(kwargs)
+        return cls(**params)
+
+
+class HierStarDist2D(StarDist2D):
+    """StarDist2D trained on datasets whose label sets are cuts of one class hierarchy.
+
+    Parameters
+    ----------
+    config : HierConfig2D, Config2D or None
+        Configuration; a stock :class:`Config2D` is converted (flat hierarchy). ``None``
+        loads the model folder ``basedir/name`` (saved by this class or by stock StarDist).
+    name : str or None
+        Model name (folder name under ``basedir``).
+    basedir : str or None
+        Parent folder of the model folder; ``None`` keeps everything in memory.
+
+    Attributes
+    ----------
+    hierarchy : ClassHierarchy or None
+        The class hierarchy (``None`` for a model without classes).
+    """
+
+    def __init__(self, config=HierConfig2D(), name=None, basedir="."):
+        """See class docstring."""
+        if isinstance(config, Config2D) and not isinstance(config, HierConfig2D):
+            config = HierConfig2D.from_config2d(config)
+        super().__init__(config, name=name, basedir=basedir)
+        self.hierarchy = self._make_hierarchy(self.config)
+
+    @property
+    def _config_class(self):
+        return HierConfig2D
+
+    @staticmethod
+    def _make_hierarchy(config, source="<config>"):
+        if config.hierarchy is not None:
+            return ClassHierarchy.from_dict(config.hierarchy, source=source)
+        if config.n_classes is not None:
+            return ClassHierarchy.flat(config.n_classes)
+        return None
+
+    # -- model folder ---------------------------------------------------------------------
+
+    def _set_logdir(self):
+        if self.basedir is None:
+            return
+        self.logdir = self.basedir / self.name
+        if self.config is None:
+            self.config = self._load_config(self.logdir)
+            return
+        if self.logdir.exists():
+            warnings.warn(f"output path for model already exists, files may be overwritten: {self.logdir.resolve()}")
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        params = vars(self.config)
+        _atomic_write_json({k: v for k, v in params.items() if k not in HIER_CONFIG_DEFAULTS},
+                           self.logdir / "config.json")
+        _atomic_write_json({k: params[k] for k in HIER_CONFIG_DEFAULTS if k != "hierarchy"},
+                           self.logdir / HIER_CONFIG_FILE)
+        if self.config.hierarchy is not None:
+            ClassHierarchy.from_dict(self.config.hierarchy).to_yaml(self.logdir / HIERARCHY_FILE)
+        elif (self.logdir / HIERARCHY_FILE).exists():
+            (self.logdir / HIERARCHY_FILE).unlink()
+
+    @classmethod
+    def _load_config(cls, logdir):
+        config_file = logdir / "config.json"
+        if not config_file.exists():
+            raise FileNotFoundError(f"config file doesn't exist: {config_file.resolve()}")
+        params = HierConfig2D.update_loaded_config(load_json(str(config_file)))
+        extra_file = logdir / HIER_CONFIG_FILE
+        if extra_file.exists():
+            extra = load_json(str(extra_file))
+            unknown = sorted(set(extra) - set(HIER_CONFIG_DEFAULTS))
+            if unknown:
+                raise ValueError(f"{extra_file}: unknown parameter(s) {unknown}")
+            params.update(extra)
+        hierarchy_file = logdir / HIERARCHY_FILE
+        if hierarchy_file.exists():
+            h = ClassHierarchy.from_yaml(hierarchy_file)
+            if params.get("n_classes") != h.n_classes:
+                raise HierarchyError(f"{hierarchy_file} has {h.n_classes} leaves but the model in {logdir} "
+                                     f"was built with n_classes={params.get('n_classes')}")
+            params["hierarchy"] = h
+        config = HierConfig2D(**params)
+        if not config.is_valid():
+            raise ValueError(f"invalid parameters in {logdir}: {', '.join(config.is_valid(True)[1])}")
+        return config
+
+    def load_weights(self, name="weights_best.h5"):
+        """Load weights from the model folder, with a clear error if they do not fit."""
+        try:
+            super().load_weights(name)
+        except ValueError as e:
+            raise ValueError(f"the weights {self.logdir / name} do not fit this model "
+                             f"(n_classes={self.config.n_classes}, n_rays={self.config.n_rays}, "
+                             f"grid={self.config.grid}): {e}") from e
+
+    # -- training -------------------------------------------------------------------------
+
+    def class_loss(self):
+        """The hierarchical class loss configured for this model."""
+        c = self.config
+        return hierarchical_class_loss(c.train_class_weights, c.n_classes + 1, ce_weight=c.train_class_ce_weight,
+                                       focal_tversky_weight=c.train_focal_tversky_weight,
+                                       alpha=c.train_focal_tversky_alpha, gamma=c.train_focal_tversky_gamma,
+                                       mode=c.train_focal_tversky_mode)
+
+    def prepare_for_training(self, optimizer=None):
+        """Compile as stock StarDist, then swap the class loss for the hierarchical one."""
+        if self.config.train_tensorboard:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise RuntimeError("train_tensorboard=True needs the 'tensorboard' package "
+                                   "(pip install tensorboard), or set train_tensorboard=False") from None
+        super().prepare_for_training(optimizer)
+        if self._is_multiclass():
+            compiled = self.keras_model._compile_config.config
+            loss = list(compiled["loss"])
+            loss[2] = self.class_loss()
+            self.keras_model.compile(compiled["optimizer"], loss=loss, loss_weights=compiled["loss_weights"],
+                                     metrics=compiled["metrics"])
+
+    @staticmethod
+    def _check_data(X, Y, what):
+        if len(X) != len(Y):
+            raise ValueError(f"{what}: {len(X)} images but {len(Y)} masks")
+        if len(X) == 0:
+            raise ValueError(f"{what}: no images")
+        for k, (x, y) in enumerate(zip(X, Y)):
+            x, y = np.asarray(x), np.asarray(y)
+            if x.shape[: y.ndim] != y.shape:
+                raise ValueError(f"{what}: image {k} has shape {x.shape} but its mask has shape {y.shape}")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"{what}: mask {k} has dtype {y.dtype}; masks must hold integer instance ids")
+            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                raise ValueError(f"{what}: image {k} contains NaN or infinite values")
+
+    def _parse_hier_classes(self, classes, n):
+        if isinstance(classes, str) or classes is None:
+            return self._parse_classes_arg("auto" if classes is None else classes, n)
+        return self._parse_classes_arg(classes, n)
+
+    def train(self, X, Y, validation_data, classes="auto", augmenter=None, seed=None, epochs=None,
+              steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1):
+        """Train on one dataset, or on several mixed within each batch.
+
+        Same as :meth:`stardist.models.StarDist2D.train`, plus:
+
+        Parameters
+        ----------
+        classes : sequence or 'auto'
+            Per image a dict ``{instance id: class id or None}`` in the dataset's own class
+            ids (its label set), a single id for all instances, or ``None`` (unknown: no
+            class loss for those objects, as in StarDist).
+        validation_data : tuple
+            ``(X_val, Y_val)``, ``(X_val, Y_val, classes_val)`` or
+            ``(X_val, Y_val, classes_val, dataset_val)``; without ``dataset_val`` the
+            training ``dataset`` is used (it must then be a single name).
+        dataset : str or sequence of str
+            Label set of the training images: one name (e.g. ``'monusac'``) or one per image,
+            which mixes datasets inside batches (each sample keeps its own label set).
+            May be omitted when the hierarchy has a single label set.
+        callbacks : list, optional
+            Extra Keras callbacks.
+        initial_epoch : int
+            Epoch to start from (to resume an interrupted run).
+        verbose : int
+            Keras verbosity (1: progress bar).
+
+        Returns
+        -------
+        keras.callbacks.History
+            Besides Keras' ``loss`` and ``val_loss``, the history holds ``val_loss_<name>``
+            for the validation images of each label set.
+
+        Notes
+        -----
+        The paper's protocol (dataset A for some epochs, then dataset B, same layers) is
+        two calls of this method; optimizer state carries over, and the best-weights
+        checkpoint restarts with each call.
+        """
+        if not self._is_multiclass():
+            return super().train(X, Y, validation_data, classes=classes, augmenter=augmenter, seed=seed,
+                                 epochs=epochs, steps_per_epoch=steps_per_epoch, workers=workers)
+        from csbdeep.utils.tf import IS_KERAS_3_PLUS
+        from keras.callbacks import EarlyStopping, ModelCheckpoint
+
+        if seed is not None:
+            np.random.seed(seed)
+        epochs = self.config.train_epochs if epochs is None else epochs
+        steps_per_epoch = self.config.train_steps_per_epoch if steps_per_epoch is None else steps_per_epoch
+
+        self._check_data(X, Y, "training data")
+        classes = self._parse_hier_classes(classes, len(X))
+        label_sets = resolve_label_sets(self.hierarchy, dataset, len(X))
+
+        if not isinstance(validation_data, (list, tuple)) or not 2 <= len(validation_data) <= 4:
+            raise ValueError("validation_data must be (X, Y), (X, Y, classes) or (X, Y, classes, dataset)")
+        X_val, Y_val = validation_data[0], validation_data[1]
+        self._check_data(X_val, Y_val, "validation data")
+        classes_val = self._parse_hier_classes(validation_data[2] if len(validation_data) > 2 else "auto", len(X_val))
+        if len(validation_data) > 3:
+            dataset_val = validation_data[3]
+        elif dataset is None or isinstance(dataset, str):
+            dataset_val = dataset
+        else:
+            raise ValueError("validation_data needs a 4th entry (dataset per validation image) when "
+                             "'dataset' names several datasets")
+        label_sets_val = resolve_label_sets(self.hierarchy, dataset_val, len(X_val), what="validation dataset")
+
+        patch_size = self.config.train_patch_size
+        axes = self.config.axes.replace("C", "")
+        b = self.config.train_completion_crop if self.config.train_shape_completion else 0
+        for p, d, a in zip(patch_size, self._axes_div_by(axes), axes):
+            if (p - 2 * b) % d != 0:
+                raise ValueError(f"'train_patch_size' (minus 2*'train_completion_crop') must be divisible by {d} along axis '{a}'")
+
+        if not self._model_prepared:
+            self.prepare_for_training()
+
+        data_kwargs = dict(n_rays=self.config.n_rays, patch_size=self.config.train_patch_size, grid=self.config.grid,
+                           shape_completion=self.config.train_shape_completion, b=self.config.train_completion_crop,
+                           use_gpu=self.config.use_gpu, foreground_prob=self.config.train_foreground_only,
+                           sample_ind_cache=self.config.train_sample_cache, hierarchy=self.hierarchy)
+        if IS_KERAS_3_PLUS:
+            data_kwargs["keras_kwargs"] = dict(workers=workers, use_multiprocessing=workers > 1)
+
+        # validation patches are drawn once per label set, so the per-dataset losses and the
+        # overall val_loss are computed on the same patches
+        val_by_set = {}
+        for name in dict.fromkeys(ls.name for ls in label_sets_val):
+            idx = [k for k, ls in enumerate(label_sets_val) if ls.name == name]
+            n_take = len(idx) if self.config.train_n_val_patches is None else self.config.train_n_val_patches
+            gen = HierStarDistData2D([X_val[k] for k in idx], [Y_val[k] for k in idx],
+                                     classes=[classes_val[k] for k in idx], label_sets=name,
+                                     batch_size=n_take, length=1, **data_kwargs)
+            val_by_set[name] = gen[0]
+        data_val = tuple(tuple(np.concatenate([v[part][j] for v in val_by_set.values()])
+                               for j in range(len(next(iter(val_by_set.values()))[part]))) for part in (0, 1))
+
+        self.data_train = HierStarDistData2D(X, Y, classes=classes, label_sets=label_sets,
+                                             batch_size=self.config.train_batch_size, augmenter=augmenter,
+                                             length=epochs * steps_per_epoch, **data_kwargs)
+
+        # a fresh best-weights checkpoint per call: val_loss of a new dataset is not
+        # comparable with the previous episode's best
+        self.callbacks = [cb for cb in self.callbacks if not isinstance(cb, ModelCheckpoint)]
+        self.callbacks += self._checkpoint_callbacks()
+        fit_callbacks = [PerDatasetValidation(val_by_set, self.config.train_batch_size)] + list(self.callbacks)
+        if self.config.train_early_stopping_patience is not None:
+            fit_callbacks.append(EarlyStopping(monitor="val_loss", patience=self.config.train_early_stopping_patience,
+                                               verbose=verbose))
+        fit_callbacks += list(callbacks or [])
+
+        history = self.keras_model.fit(iter(self.data_train), validation_data=data_val, epochs=epochs,
+                                       initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                                       callbacks=fit_callbacks, verbose=verbose,
+                                       validation_batch_size=self.config.train_batch_size)
+        self._training_finished()
+        return history
+
+    def reinitialize_class_head(self, seed=None):
+        """Re-draw the weights of the class head (``features_class`` and ``prob_class``).
+
+        This is the transfer-learning baseline the paper argues against: keep the
+        pre-trained backbone, start the last layers again.
+        """
+        for k, name in enumerate(("features_class", "prob_class")):
+            try:
+                layer = self.keras_model.get_layer(name)
+            except ValueError:
+                continue  # no separate class features when net_conv_after_unet == 0
+            init_config = layer.kernel_initializer.get_config()
+            init_config["seed"] = None if seed is None else seed + k
+            initializer = type(layer.kernel_initializer).from_config(init_config)
+            layer.kernel.assign(initializer(layer.kernel.shape, dtype=layer.kernel.dtype))
+            if layer.bias is not None:
+                layer.bias.assign(np.zeros(layer.bias.shape, dtype=layer.bias.dtype))
+
+    # -- prediction -----------------------------------------------------------------------
+
+    def _predict_instances_generator(self, img, *args, label_set=None, class_from=None, **kwargs):
+        if self._is_multiclass():
+            if label_set is not None:
+                label_set = self.hierarchy.label_set(label_set)
+            class_from = class_from if class_from is not None else self.config.predict_class_from
+            if class_from not in ("instance", "center"):
+                raise ValueError(f"class_from must be 'instance' or 'center', got {class_from!r}")
+            if class_from == "instance":
+                # the per-instance rule needs the dense class map
+                kwargs["sparse"] = False
+            nms_kwargs = dict(kwargs.pop("nms_kwargs", None) or {})
+            nms_kwargs.update(_hier_label_set=label_set, _hier_class_from=class_from)
+            kwargs["nms_kwargs"] = nms_kwargs
+        elif label_set is not None:
+            raise ValueError("label_set given, but this model has no classes (n_classes=None)")
+        yield from super()._predict_instances_generator(img, *args, **kwargs)
+
+    def predict_instances(self, img, *args, label_set=None, class_from=None, **kwargs):
+        """Predict instances as :meth:`stardist.models.StarDist2D.predict_instances`, plus:
+
+        Parameters
+        ----------
+        label_set : str or None
+            Name of a label set of the hierarchy (e.g. ``'monusac'``): ``details['class_id']``
+            is then in that dataset's class ids, from the summed leaf probabilities of each
+            label-set class, and ``details['label_set_prob']`` holds the summed
+            probabilities (``(n, max_id + 1)``, column = class id). ``None``: leaf level.
+        class_from : {'instance', 'center'} or None
+            How an instance gets its class (see ``HierConfig2D.predict_class_from``);
+            ``None`` uses the config. ``'instance'`` predicts densely (``sparse=False``).
+
+        Returns
+        -------
+        (numpy.ndarray, dict)
+            Labels and details; ``details['class_prob']`` is at leaf level
+            (``n_classes + 1`` columns, column 0 background) and ``details['leaf_class_id']``
+            the leaf channel of each instance.
+        """
+        result = None
+        for result in self._predict_instances_generator(img, *args, label_set=label_set, class_from=class_from,
+                                                        **kwargs):
+            pass
+        return result
+
+    def _instances_from_prediction(self, img_shape, prob, dist, points=None, prob_class=None, prob_thresh=None,
+                                   nms_thresh=None, overlap_label=None, return_labels=True, scale=None, **nms_kwargs):
+        label_set = nms_kwargs.pop("_hier_label_set", None)
+        class_from = nms_kwargs.pop("_hier_class_from", None) or self.config.predict_class_from
+        per_instance = prob_class is not None and class_from == "instance" and points is None
+        labels, details = super()._instances_from_prediction(
+            img_shape, prob, dist, points=points, prob_class=prob_class, prob_thresh=prob_thresh,
+            nms_thresh=nms_thresh, overlap_label=overlap_label, return_labels=return_labels or per_instance,
+            scale=scale, **nms_kwargs)
+        if prob_class is None:
+            return labels, details
+        if per_instance:
+            details["class_prob"] = self._instance_class_prob(labels, prob, prob_class, details["class_prob"], scale)
+            details["class_id"] = 1 + np.argmax(details["class_prob"][:, 1:], axis=-1) if len(labels) else \
+                np.zeros(0, int)
+        details["leaf_class_id"] = np.asarray(details["class_id"], int)
+        if label_set is not None:
+            collapsed = label_set.collapse(details["class_prob"])
+            details["label_set_prob"] = collapsed
+            details["label_set"] = label_set.name
+            if per_instance:
+                details["class_id"] = 1 + np.argmax(collapsed[:, 1:], axis=-1) if len(collapsed) else np.zeros(0, int)
+            else:
+                details["class_id"] = np.argmax(collapsed, axis=-1)
+        if not return_labels:
+            labels = None
+        return labels, details
+
+    def _instance_class_prob(self, labels, prob, prob_class, center_prob, scale):
+        """Object-probability-weighted mean class probabilities over each instance's pixels.
+
+        The label image is read at the centre of each output grid cell; instances that
+        cover no grid cell (tiny or hidden) keep the class probabilities at their centre.
+        """
+        n = len(center_prob)
+        out = np.array(center_prob, dtype=np.float64, copy=True).reshape(n, -1)
+        if n == 0:
+            return out
+        grid = np.asarray(self.config.grid, float)
+        s = np.ones(2) if scale is None else np.array([scale["Y"], scale["X"]], float)
+        rows = np.minimum((np.arange(prob.shape[0]) * grid[0] / s[0]).round().astype(int), labels.shape[0] - 1)
+        cols = np.minimum((np.arange(prob.shape[1]) * grid[1] / s[1]).round().astype(int), labels.shape[1] - 1)
+        lab = labels[np.ix_(rows, cols)].ravel()
+        weight = prob.reshape(-1).astype(np.float64)
+        keep = lab > 0
+        lab, weight = lab[keep] - 1, weight[keep]
+        pc = prob_class.reshape(-1, prob_class.shape[-1])[keep].astype(np.float64)
+        sums = np.zeros((n, pc.shape[1]))
+        np.add.at(sums, lab, weight[:, None] * pc)
+        total = sums.sum(axis=1)
+        have = total > 0
+        out[have] = sums[have] / total[have, None]
+        return out
+
+
+class PerDatasetValidation(keras.callbacks.Callback):
+    """Keras callback adding ``val_loss_<label set>`` to the logs of each epoch.
+
+    Parameters
+    ----------
+    data_by_set : dict
+        Label-set name -> ``(inputs, targets)`` validation arrays.
+    batch_size : int
+        Batch size of the evaluation.
+    """
+
+    def __init__(self, data_by_set, batch_size):
+        super().__init__()
+        self.data_by_set = data_by_set
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if len(self.data_by_set) == 1 and "val_loss" in logs:
+            logs[f"val_loss_{next(iter(self.data_by_set))}"] = logs["val_loss"]
+            return
+        for name, (x, y) in self.data_by_set.items():
+            result = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+            logs[f"val_loss_{name}"] = float(result["loss"])
