@@ -1,0 +1,126 @@
+"""MoNuSAC 2020 reader (patient folders of ``.tif``/``.svs`` + ImageScope ``.xml``).
+
+Layout under ``--src``: the training folder ``MoNuSAC_images_and_annotations/`` and/or the
+test folder ``MoNuSAC Testing Data and Annotations/`` (either may also be ``--src``
+itself), each holding ``<patient>/<patient>_<n>.{tif,svs,xml}``. Split: ``test`` for a
+folder whose name contains "test", else ``train``; the seeded validation split is drawn
+from ``train`` by patient (the first 12 characters of the TCGA barcode, ``TCGA-XX-XXXX``).
+
+Rules:
+
+* Class = ``Attribute@Name`` of each Annotation layer (see :mod:`.imagescope`), matched
+  case-insensitively: Epithelial 1, Lymphocyte 2, Neutrophil 3, Macrophage 4 (the official
+  MoNuSAC numbering). Any other name is an error naming the file and the name.
+* "Ambiguous" layers (test set) are ignore regions (``-1``), never nuclei.
+* Sub-image suffixes ``_1`` and ``_001`` denote the same number: an ``.xml`` is paired with
+  the image whose stem has the same prefix and the same suffix number.
+* RGBA TIFFs lose their alpha channel. Without a ``.tif``, level 0 of the ``.svs`` (a
+  TIFF) is read with tifffile; without either, the error lists the patient folder's files.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .base import Labelled, ReaderError, Sample, require_dir, to_rgb_uint8
+from .imagescope import rasterize, read_imagescope
+
+NAME = "monusac"
+LABEL_SET = "monusac"
+CHUNK = 1
+VAL_FROM = "train"
+CLASSES = {"epithelial": 1, "lymphocyte": 2, "neutrophil": 3, "macrophage": 4}
+IGNORE_NAMES = ("ambiguous",)
+SPLIT_FOLDERS = {"MoNuSAC_images_and_annotations": "train", "MoNuSAC Testing Data and Annotations": "test"}
+
+
+def _norm_stem(stem):
+    """``X_001`` and ``X_1`` -> ``('X', 1)``; stems without a numeric suffix -> ``(stem, None)``."""
+    m = re.match(r"^(.*)_(\d+)$", stem)
+    return (m.group(1), int(m.group(2))) if m else (stem, None)
+
+
+def _split_roots(src):
+    src = Path(src)
+    require_dir(src, "MoNuSAC folder", "expected 'MoNuSAC_images_and_annotations/<patient>/...'")
+    roots = []
+    for p in sorted(src.iterdir()):
+        if p.is_dir() and (p.name in SPLIT_FOLDERS or re.search(r"monusac", p.name, re.I)):
+            roots.append((p, "test" if re.search(r"test", p.name, re.I) else "train"))
+    if not roots:
+        roots = [(src, "test" if re.search(r"test", src.name, re.I) else "train")]
+    return roots
+
+
+def find_samples(src):
+    """One :class:`Sample` per annotated sub-image (``.xml``) of every patient folder."""
+    src = Path(src)
+    samples = []
+    for root, split in _split_roots(src):
+        patients = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.xml")))
+        for pdir in patients:
+            images = {}
+            for f in pdir.iterdir():
+                if f.suffix.lower() in (".tif", ".tiff", ".svs"):
+                    images.setdefault(_norm_stem(f.stem), []).append(f)
+            for xml in sorted(pdir.glob("*.xml")):
+                cands = images.get(_norm_stem(xml.stem), [])
+                # the .tif is the published sub-image; the .svs is its fallback
+                cands = sorted(cands, key=lambda f: (f.suffix.lower() == ".svs", f.name))
+                samples.append(Sample(
+                    source=str(xml.relative_to(src)), split=split, group=pdir.name[:12],
+                    patch_id=xml.stem, key=(str(xml), tuple(str(c) for c in cands), str(pdir))))
+    if not samples:
+        raise ReaderError(src, "no MoNuSAC annotation found: expected patient folders with "
+                               "'<patient>_<n>.xml' next to '.tif'/'.svs' images "
+                               f"(looked in {[str(r) for r, _ in _split_roots(src)]})")
+    return samples
+
+
+def read_svs_level0(path):
+    """Full-resolution level of an Aperio ``.svs`` (a tiled TIFF) as an array."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        level = series.levels[0] if getattr(series, "levels", None) else series
+        return level.asarray()
+
+
+def read_image(cands, pdir, xml):
+    """Read the sub-image of ``xml`` from its ``.tif``, else its ``.svs``."""
+    import tifffile
+
+    if not cands:
+        files = sorted(p.name for p in Path(pdir).iterdir())
+        raise ReaderError(xml, f"no image for this annotation: neither '{Path(xml).stem}.tif' nor "
+                               f"'.svs' (suffix _N or _00N) in {pdir}, which holds {files}")
+    path = cands[0]
+    try:
+        arr = read_svs_level0(path) if path.lower().endswith(".svs") else tifffile.imread(path)
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise ReaderError(path, f"corrupt or unreadable image ({type(e).__name__}: {e})") from None
+    return to_rgb_uint8(arr, path)
+
+
+def class_of(name, path="<xml>"):
+    """MoNuSAC class id of a layer name (case-insensitive)."""
+    key = (name or "").strip().lower()
+    if key not in CLASSES:
+        known = ", ".join(f"{k.capitalize()} {v}" for k, v in CLASSES.items())
+        raise ReaderError(path, f"unknown class name {name!r} (known: {known}, Ambiguous = ignore)")
+    return CLASSES[key]
+
+
+def load_sample(sample, cache):
+    """Image, instance map (Ambiguous = -1) and classes of one sub-image."""
+    xml, cands, pdir = sample.key
+    image = read_image(list(cands), pdir, xml)
+    layers = read_imagescope(xml)
+    inst, classes, notes = rasterize(layers, image.shape[:2], lambda n: class_of(n, xml),
+                                     ignore_names=IGNORE_NAMES, path=xml)
+    notes["ambiguous_px"] = int((inst < 0).sum())
+    return Labelled(image, inst, classes, notes)
