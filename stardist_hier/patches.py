@@ -259,13 +259,16 @@ def instance_classes(mask):
     out = {int(i): None for i in ids}
     sel = (inst > 0) & (cls > 0)
     if sel.any():
-        pairs, counts = np.unique(np.stack([inst[sel], cls[sel]]), axis=1, return_counts=True)
-        # sort by instance, then count descending, then class ascending: first per instance wins
-        order = np.lexsort((pairs[1], -counts, pairs[0]))
-        pairs = pairs[:, order]
-        first = np.r_[True, pairs[0, 1:] != pairs[0, :-1]]
-        for i, c in zip(pairs[0, first], pairs[1, first]):
-            out[int(i)] = int(c)
+        # one 1-D key per (instance, class) pair: far faster than np.unique(axis=...)
+        base = int(cls[sel].max()) + 1
+        keys, counts = np.unique(inst[sel] * base + cls[sel], return_counts=True)
+        pi, pc = keys // base, keys % base
+        # per instance: highest count first, then the smaller class id
+        order = np.lexsort((pc, -counts, pi))
+        pi, pc = pi[order], pc[order]
+        first = np.r_[True, pi[1:] != pi[:-1]]
+        for i, c in zip(pi[first].tolist(), pc[first].tolist()):
+            out[i] = c
     return out
 
 
