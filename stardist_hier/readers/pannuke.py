@@ -99,32 +99,44 @@ def _open(path, what, mmap=True):
         raise ReaderError(path, f"corrupt or truncated .npy file ({e})") from None
 
 
-def find_samples(src):
-    """One :class:`Sample` per patch of every fold (arrays are only opened to check shapes)."""
+def _fold_samples(src, split, ipath, mpath, tpath):
+    images = _open(ipath, "images.npy")
+    masks = _open(mpath, "masks.npy")
+    if images.ndim != 4 or images.shape[1:] != (256, 256, 3):
+        raise ReaderError(ipath, f"expected (N, 256, 256, 3) images, got {images.shape}")
+    if masks.ndim != 4 or masks.shape[1:] != (256, 256, 6):
+        raise ReaderError(mpath, f"expected (N, 256, 256, 6) masks, got {masks.shape}")
+    if len(images) != len(masks):
+        raise ReaderError(mpath, f"{len(masks)} masks for {len(images)} images in {ipath}")
+    n = len(images)
+    del images, masks  # only the shapes were needed here
+    if Path(tpath).is_file():
+        types = _open(tpath, "types.npy", mmap=False)
+        if len(types) != n:
+            raise ReaderError(tpath, f"{len(types)} tissue types for {n} patches")
+        types = [str(t) for t in types]
+    else:
+        types = [""] * n
+    rel = Path(ipath).relative_to(src) if Path(ipath).is_relative_to(src) else Path(ipath)
+    return [Sample(source=f"{rel}[{i}]", split=split, group=f"{split}/{i}", patch_id=f"{split}_{i:05d}",
+                   tissue=types[i], key=(str(ipath), str(mpath), i), pretiled=True) for i in range(n)]
+
+
+def find_samples(src, on_bad=None):
+    """One :class:`Sample` per patch of every fold (arrays are only opened to check shapes).
+
+    ``on_bad(path, problem)``, if given, is called for a fold whose files are bad, and
+    that fold is left out; without it the :class:`ReaderError` is raised.
+    """
     src = Path(src)
     samples = []
     for split, (ipath, mpath, tpath) in sorted(find_folds(src).items()):
-        images = _open(ipath, "images.npy")
-        masks = _open(mpath, "masks.npy")
-        if images.ndim != 4 or images.shape[1:] != (256, 256, 3):
-            raise ReaderError(ipath, f"expected (N, 256, 256, 3) images, got {images.shape}")
-        if masks.ndim != 4 or masks.shape[1:] != (256, 256, 6):
-            raise ReaderError(mpath, f"expected (N, 256, 256, 6) masks, got {masks.shape}")
-        if len(images) != len(masks):
-            raise ReaderError(mpath, f"{len(masks)} masks for {len(images)} images in {ipath}")
-        n = len(images)
-        del images, masks
-        if Path(tpath).is_file():
-            types = _open(tpath, "types.npy", mmap=False)
-            if len(types) != n:
-                raise ReaderError(tpath, f"{len(types)} tissue types for {n} patches")
-            types = [str(t) for t in types]
-        else:
-            types = [""] * n
-        for i in range(n):
-            rel = f"{Path(ipath).relative_to(src) if Path(ipath).is_relative_to(src) else ipath}[{i}]"
-            samples.append(Sample(source=rel, split=split, group=f"{split}/{i}", patch_id=f"{split}_{i:05d}",
-                                  tissue=types[i], key=(str(ipath), str(mpath), i), pretiled=True))
+        try:
+            samples += _fold_samples(src, split, ipath, mpath, tpath)
+        except ReaderError as e:
+            if on_bad is None:
+                raise
+            on_bad(e.path, e.problem)
     return samples
 
 
