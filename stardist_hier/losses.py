@@ -7,8 +7,9 @@ The class target of a batch has ``2 * n_out`` channels, ``n_out = n_classes + 1`
 
 ``[..., :n_out]`` -- *admitted leaves*
     Multi-hot over the output channels: 1 for every leaf under the pixel's label node
-    (the set :math:`S_k` of Eq. 2), ``[1, 0, ..., 0]`` for background, all ``-1`` for pixels
-    whose class loss is switched off (negative labels, objects of unknown class).
+    (the set :math:`S_k` of Eq. 2), ``[1, 0, ..., 0]`` for background, and ``-1`` in the
+    leaf channels of pixels whose class loss is switched off (all channels for negative
+    labels, channels 1.. for objects of unknown class, as stock StarDist).
 ``[..., n_out:]`` -- *leaf groups of the sample's label set*
     The same value at every pixel of a sample: for each output channel, the index of the
     label-set class that contains it (0 = background, 1..m-1 = the dataset's classes in
@@ -53,7 +54,8 @@ def _split_target(y_true, n_out):
     """Admitted leaves, ignore mask and per-sample leaf groups from the packed target."""
     y_true = ops.cast(y_true, "float32")
     admitted = y_true[..., :n_out]
-    valid = ops.cast(admitted[..., 0] >= 0, "float32")  # ignored pixels are -1 in every channel
+    # ignored pixels have -1 in every leaf channel (channel 0 too for negative labels)
+    valid = ops.cast(ops.min(admitted, axis=-1) >= 0, "float32")
     admitted = ops.maximum(admitted, 0.0)
     batch = ops.shape(y_true)[0]
     groups = ops.reshape(y_true, (batch, -1, 2 * n_out))[:, 0, n_out:]  # (B, n_out)

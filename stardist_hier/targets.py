@@ -93,11 +93,15 @@ class ClassTargetEncoder:
         self._tables = {}
 
     def _table(self, label_set):
-        """Rows: 0..max_id = admitted leaves of each class id, last row = ignore (-1)."""
+        """Rows: 0..max_id = admitted leaves of each class id, last row = unknown class.
+
+        The unknown-class row is stock StarDist's: -1 in every channel but background.
+        """
         table = self._tables.get(label_set.name)
         if table is None:
-            table = np.vstack([label_set.membership.astype(np.float32),
-                               np.full((1, self.n_out), -1, np.float32)])
+            unknown = np.full((1, self.n_out), -1, np.float32)
+            unknown[0, 0] = 0
+            table = np.vstack([label_set.membership.astype(np.float32), unknown])
             self._tables[label_set.name] = table
         return table
 
@@ -192,14 +196,34 @@ class HierStarDistData2D(StarDistData2D):
         self.classes = (None,) * len(X) if classes is None else tuple(classes)
         self.n_leaf_classes = hierarchy.n_classes
 
+    def _outside_mask(self, shape):
+        """Grid cells where stock StarDist's class target is all zeros (so no class loss).
+
+        Stock StarDist subsamples its one-hot class map with ``zoom(..., order=0)`` on the
+        whole ``(batch, y, x, channel)`` array; that call maps the last row/column of some
+        patch sizes just outside the patch and fills them with zeros. Those cells are
+        marked ignored here, which gives the same (zero) class loss.
+        """
+        key = tuple(shape)
+        cache = self.__dict__.setdefault("_outside_cache", {})
+        if key not in cache:
+            ones = np.ones((1,) + key + (1,), np.float32)
+            cache[key] = zoom(ones, (1,) + tuple(1 / g for g in self.grid) + (1,), order=0)[0, ..., 0] == 0
+        return cache[key]
+
     def class_target(self, labels, idx):
         """Packed class targets ``(B, H', W', 2 * n_out)`` for the label patches of a batch."""
         subsample = tuple(1 / g for g in self.grid)
+        same_grid = all(g == 1 for g in self.grid)
         out = []
         for y, k in zip(labels, idx):
             y_b = y[self.b]
             neg = y_b[self.ss_grid[1:3]] < 0
-            y_sub = y_b if all(g == 1 for g in self.grid) else zoom(y_b, subsample, order=0)
+            if same_grid:
+                y_sub = y_b
+            else:
+                y_sub = zoom(y_b, subsample, order=0)
+                neg = neg | self._outside_mask(y_b.shape)
             out.append(self.encoder.encode(y_sub, self.classes[k], self.label_sets[k],
                                            neg_mask=neg if neg.any() else None))
         return np.stack(out)
