@@ -341,7 +341,7 @@ DATASETS = {
     "consep": DatasetSpec(
         "consep", "consep", _CONSEP,
         tissues=(Tissue("Colon", 1.0),),
-        stain=Stain(h=(0.60, 0.70, 0.38), e=(0.05, 0.97, 0.24), h_gain=1.05, e_gain=1.25,
+        stain=Stain(h=(0.62, 0.74, 0.26), e=(0.05, 0.97, 0.24), h_gain=1.05, e_gain=1.2,
                     white=(246, 240, 246)),
         stain_spread=0.03, density=40.0,
         description="CoNSeP-like: 7 classes, colorectal adenocarcinoma, one centre"),
@@ -664,18 +664,20 @@ class _Scene:
         self.epi_dist = ndi.distance_transform_edt(self.epi)
         self.lumen = np.zeros(shape, bool)
         if glandular and self.epi.any():
-            depth = rng.uniform(20, 28) * self.scale
+            depth = rng.uniform(16, 22) * self.scale
             self.lumen = self.epi_dist > depth
         # collagen: streaky noise along the tile's fibre direction, warped so fibres wave
         self.fibre_angle = rng.uniform(0, math.pi)
-        streak = ndi.gaussian_filter(rng.standard_normal((size + 64, size + 64)), (0.8, 9.0), mode="wrap")
-        streak /= streak.std() + 1e-9
-        warp_y = _smooth_noise(rng, shape, size / 10) * 6
-        warp_x = _smooth_noise(rng, shape, size / 10) * 6
+        big = size + 64
+        # wavy collagen: broad bundles plus fine fibrils, both running along the fibre angle
+        streak = (0.65 * _smooth_noise(rng, (big, big), (2.5, 16.0))
+                  + 0.45 * _smooth_noise(rng, (big, big), (0.7, 7.0)))
+        warp_y = _smooth_noise(rng, shape, size / 8) * 10
+        warp_x = _smooth_noise(rng, shape, size / 8) * 10
         c, s = math.cos(self.fibre_angle), math.sin(self.fibre_angle)
         u = (xx + warp_x) * c + (yy + warp_y) * s
         v = -(xx + warp_x) * s + (yy + warp_y) * c
-        fibres = ndi.map_coordinates(streak, [v % (size + 64), u % (size + 64)], order=1, mode="wrap")
+        fibres = ndi.map_coordinates(streak, [v % big, u % big], order=1, mode="wrap")
         # bundles of collagen with thin clefts between them
         fibres = 1 / (1 + np.exp(-1.6 * (fibres + 0.6)))
         loose = np.clip(0.55 + 0.6 * _smooth_noise(rng, shape, size / 12), 0.3, 1.0)
@@ -706,10 +708,16 @@ class _Scene:
         self.bundles = []
         for _ in range(muscle_bundles):
             (by, bx), = _sample_weighted(rng, self.stroma.astype(float) + 1e-6)
-            self.bundles.append((by, bx, self.fibre_angle + rng.normal(0, 0.3)))
+            ang = self.fibre_angle + rng.normal(0, 0.3)
+            self.bundles.append((by, bx, ang))
+            # a smooth-muscle fascicle: homogeneous, deeper pink than collagen, no fibrils
+            across = np.abs(-(xx - bx) * math.sin(ang) + (yy - by) * math.cos(ang) + 6 * warp_y)
+            width = rng.uniform(16, 26) * self.scale
+            band = np.clip((width - across) / 6, 0, 1) * self.stroma
+            self.e_bg[:] = self.e_bg * (1 - band) + band * (0.46 + 0.03 * self.fine)
         # where nuclei go
         self.w_stroma = self.stroma.astype(float) + 1e-6
-        band = self.epi & ~self.lumen & (self.epi_dist >= 2) & (self.epi_dist <= 20 * self.scale)
+        band = self.epi & ~self.lumen & (self.epi_dist >= 2) & (self.epi_dist <= 14 * self.scale)
         self.w_gland = band.astype(float) if band.any() else self.epi.astype(float)
         self.w_nest = (self.epi & ~self.lumen).astype(float)
         self.w_any = np.where(self.lumen, 0.02, 1.0)
@@ -814,14 +822,15 @@ class _Scene:
                 self.h_cyt[sl] += 0.06 * body * foam
             else:
                 # apoptotic body: shrunken, hypereosinophilic, with a clear retraction halo
-                halo = (rad > 1.0) & (rad < 1.35)
-                self.e_bg[sl][halo] *= 0.35
-                self.e_cyt[sl] += 0.75 * body
+                halo = (rad > 1.0) & (rad < 1.3)
+                self.e_bg[sl][halo] *= 0.6
+                self.e_cyt[sl] += 0.55 * body
             return
         # elongated bodies
         if kind == "muscle":
-            la, lb, off = nuc.a * 2.2, nuc.b * 2.6, 0.0
-            e, h = 0.30, 0.04
+            # cell borders in a fascicle are indistinct: a faint, soft-edged body
+            la, lb, off = nuc.a * 2.0, nuc.b * 2.4, 0.0
+            e, h = 0.08, 0.03
         else:  # plasma: eccentric nucleus in an amphophilic cell with a perinuclear hof
             la, lb, off = nuc.a * 1.8, nuc.b * 1.6, nuc.a * 0.75
             e, h = 0.22, 0.22
@@ -974,7 +983,7 @@ def generate_tile(dataset, seed=0, size=256, tissue=None, unannotated="backgroun
     n_healthy = sum(n.morph.site == "gland" for n in nuclei)
     n_epi = sum(n.morph.site in ("gland", "nest") for n in nuclei)
     glandular = n_epi > 0 and n_healthy / n_epi > 0.5
-    frac = 0.0 if n_epi == 0 else float(np.clip(epi_area * (4.5 if glandular else 2.6) / size ** 2, 0.15, 0.85))
+    frac = 0.0 if n_epi == 0 else float(np.clip(epi_area * (3.4 if glandular else 2.6) / size ** 2, 0.15, 0.85))
     n_endo = sum(n.morph.site == "vessel" for n in nuclei)
     n_vessels = 0 if n_endo == 0 else max(1, int(round(n_endo / rng.uniform(1.5, 3.0))))
     n_bundles = 0 if not any(n.morph.site == "bundle" for n in nuclei) else int(rng.integers(1, 3))
