@@ -674,7 +674,7 @@ def _stack(counts):
     class_ids = counts[0].class_ids
     for c in counts:
         if c.class_ids != class_ids:
-            raise MetricsError(f"{c.name}: class ids {c.class_ids} differ from {class_ids} of {counts[0].name}")
+            raise MetricsError(f"{_where(c.name)}class ids {c.class_ids} differ from {class_ids} of the first image {counts[0].name!r}")
     get = lambda a: np.array([getattr(c, a) for c in counts])  # noqa: E731
     return class_ids, {a: get(a) for a in ("n_gt", "n_pred", "n_pred_ignored", "tp", "sum_iou", "n_gt_c",
                                            "n_pred_c", "tp_c", "sum_iou_c", "pairs")}
