@@ -1,0 +1,205 @@
+"""HierStarDist2D: stock equivalence, multi-dataset training, model folders, prediction."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from stardist.models import Config2D, StarDist2D  # noqa: E402
+from stardist.models.model2d import StarDistData2D  # noqa: E402
+
+from stardist_hier import ClassHierarchy, HierarchyError, HierConfig2D, HierStarDist2D  # noqa: E402
+from stardist_hier.targets import HierStarDistData2D  # noqa: E402
+
+from test_targets import make_images  # noqa: E402
+
+TINY = dict(n_rays=8, n_channel_in=3, grid=(2, 2), unet_n_depth=2, unet_n_filter_base=8, net_conv_after_unet=16,
+            train_patch_size=(64, 64), train_batch_size=2, train_reduce_lr=None)
+
+
+def test_flat_model_computes_stock_losses():
+    kw = dict(TINY, n_classes=3, train_class_weights=(1.0, 2.0, 0.5, 3.0))
+    stock = StarDist2D(Config2D(**kw), basedir=None)
+    ours = HierStarDist2D(HierConfig2D(**kw, train_focal_tversky_weight=0), basedir=None)
+    ours.keras_model.set_weights(stock.keras_model.get_weights())
+    stock.prepare_for_training()
+    ours.prepare_for_training()
+    X, Y, C = make_images(4, size=64)
+    data_kw = dict(batch_size=4, n_rays=8, length=2, patch_size=(64, 64), grid=(2, 2))
+    stock_data = StarDistData2D(X, Y, n_classes=3, classes=C, **data_kw)
+    our_data = HierStarDistData2D(X, Y, hierarchy=ours.hierarchy, label_sets="default", classes=C, **data_kw)
+    for i in range(2):
+        np.random.seed(i)
+        xs, ys = stock_data[i]
+        np.random.seed(i)
+        xo, yo = our_data[i]
+        rs = stock.keras_model.test_on_batch(xs, ys, return_dict=True)
+        ro = ours.keras_model.test_on_batch(xo, yo, return_dict=True)
+        for key in ("loss", "prob_loss", "dist_loss", "prob_class_loss"):
+            assert ro[key] == pytest.approx(rs[key], rel=1e-5, abs=1e-7), key
+
+
+def test_config_is_a_drop_in():
+    c = HierConfig2D(hierarchy="default", n_rays=16)
+    assert c.n_classes == 12 and len(c.train_class_weights) == 13 and c.train_tensorboard is False
+    assert HierConfig2D("YX", 32, 1, (2, 2), 4).n_classes == 4  # stock positional order
+    with pytest.raises(HierarchyError, match="n_classes=5 but the hierarchy"):
+        HierConfig2D(n_classes=5, hierarchy="default")
+    assert not HierConfig2D(n_classes=2, train_focal_tversky_mode="bogus").is_valid()
+    m = HierStarDist2D(Config2D(**dict(TINY, n_classes=2)), basedir=None)  # a stock config is converted
+    assert isinstance(m.config, HierConfig2D) and m.hierarchy.n_classes == 2
+
+
+def two_datasets():
+    """A leaf-labelled (CoNSeP: only leaf ids) and a super-class-labelled (PanNuke) dataset."""
+    Xa, Ya, Ca = make_images(6, size=64, seed=1, classes=(3, 4, 5, 6, 7), p_none=0.1)
+    Xb, Yb, Cb = make_images(6, size=64, seed=2, classes=(2, 3), p_none=0.0)
+    return (Xa, Ya, Ca), (Xb, Yb, Cb)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Pre-train on CoNSeP-like data, then fine-tune on PanNuke-like super-class data."""
+    basedir = tmp_path_factory.mktemp("models")
+    (Xa, Ya, Ca), (Xb, Yb, Cb) = two_datasets()
+    model = HierStarDist2D(HierConfig2D(hierarchy="default", **TINY), name="hier", basedir=str(basedir))
+    hist_a = model.train(Xa[:4], Ya[:4], validation_data=(Xa[4:], Ya[4:], Ca[4:]), classes=Ca[:4], dataset="consep",
+                         epochs=1, steps_per_epoch=2, seed=0, verbose=0)
+    head = model.keras_model.get_layer("prob_class").get_weights()[0].copy()
+    hist_b = model.train(Xb[:4], Yb[:4], validation_data=(Xb[4:], Yb[4:], Cb[4:]), classes=Cb[:4],
+                         dataset="pannuke", epochs=2, steps_per_epoch=2, seed=0, verbose=0)
+    return dict(model=model, basedir=basedir, hist=(hist_a, hist_b), head_before=head)
+
+
+def test_episode_training_updates_last_layer_from_super_class_labels(trained):
+    model = trained["model"]
+    hist_a, hist_b = trained["hist"]
+    assert "val_loss_consep" in hist_a.history and "val_loss_pannuke" in hist_b.history
+    assert len(hist_b.history["loss"]) == 2 and np.all(np.isfinite(hist_b.history["loss"]))
+    after = model.keras_model.get_layer("prob_class").get_weights()[0]
+    # pannuke labels only say "inflammatory" / "connective": the leaf weights still move
+    h = model.hierarchy
+    for node in ("inflammatory", "connective"):
+        for ch in h.leaf_channels(node):
+            assert not np.allclose(after[..., ch], trained["head_before"][..., ch])
+
+
+def test_batch_mixing_and_per_dataset_validation(tmp_path):
+    (Xa, Ya, Ca), (Xb, Yb, Cb) = two_datasets()
+    model = HierStarDist2D(HierConfig2D(hierarchy="default", train_early_stopping_patience=5, **TINY),
+                           name="mixed", basedir=str(tmp_path))
+    X, Y, C = Xa[:4] + Xb[:4], Ya[:4] + Yb[:4], Ca[:4] + Cb[:4]
+    datasets = ["consep"] * 4 + ["pannuke"] * 4
+    val = (Xa[4:] + Xb[4:], Ya[4:] + Yb[4:], Ca[4:] + Cb[4:], ["consep"] * 2 + ["pannuke"] * 2)
+    hist = model.train(X, Y, validation_data=val, classes=C, dataset=datasets, epochs=2, steps_per_epoch=2,
+                       verbose=0)
+    for key in ("val_loss", "val_loss_consep", "val_loss_pannuke"):
+        assert len(hist.history[key]) == 2 and np.all(np.isfinite(hist.history[key]))
+    # the overall val_loss is the image-weighted mean of the per-dataset losses (same patches)
+    mean = (np.array(hist.history["val_loss_consep"]) + np.array(hist.history["val_loss_pannuke"])) / 2
+    np.testing.assert_allclose(hist.history["val_loss"], mean, rtol=2e-3)
+    with pytest.raises(ValueError, match="4th entry"):
+        model.train(X, Y, validation_data=val[:3], classes=C, dataset=datasets, epochs=1, steps_per_epoch=1)
+
+
+def test_model_folder_loads_in_stock_stardist(trained):
+    model, basedir = trained["model"], trained["basedir"]
+    folder = basedir / "hier"
+    config = json.loads((folder / "config.json").read_text())
+    stock_keys = set(vars(Config2D(n_classes=12)))
+    assert set(config) <= stock_keys
+    assert (folder / "hierarchy.yaml").exists() and (folder / "hier_config.json").exists()
+    stock = StarDist2D(None, name="hier", basedir=str(basedir))
+    img = make_images(1, size=96, seed=5)[0][0]
+    for a, b in zip(stock.predict(img), model.predict(img)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    reloaded = HierStarDist2D(None, name="hier", basedir=str(basedir))
+    assert reloaded.hierarchy == model.hierarchy
+    assert reloaded.config.train_focal_tversky_weight == model.config.train_focal_tversky_weight
+    # center mode is stock StarDist's rule, label for label
+    ls, ds = stock.predict_instances(img, prob_thresh=0.3)
+    lo, do = reloaded.predict_instances(img, prob_thresh=0.3, class_from="center")
+    np.testing.assert_array_equal(lo, ls)
+    np.testing.assert_array_equal(do["class_id"], ds["class_id"])
+    # fine-tuning continues from the saved folder
+    (Xb, Yb, Cb) = two_datasets()[1]
+    before = reloaded.keras_model.get_layer("prob_class").get_weights()[0].copy()
+    reloaded.train(Xb[:2], Yb[:2], validation_data=(Xb[4:], Yb[4:], Cb[4:]), classes=Cb[:2], dataset="pannuke",
+                   epochs=1, steps_per_epoch=1, verbose=0)
+    assert not np.allclose(before, reloaded.keras_model.get_layer("prob_class").get_weights()[0])
+
+
+def test_predict_instances_per_instance_rule_and_label_set(trained):
+    model = trained["model"]
+    img = make_images(1, size=96, seed=7)[0][0]
+    prob, dist, prob_class = model.predict(img)
+    labels, det = model.predict_instances(img, label_set="pannuke", prob_thresh=0.3)
+    n = len(det["prob"])
+    assert n > 0 and labels.max() == n
+    # reference: probability-weighted mean of the class map over each instance's grid cells
+    g = model.config.grid
+    ref = np.zeros((n, prob_class.shape[-1]))
+    for r in range(prob.shape[0]):
+        for c in range(prob.shape[1]):
+            lab = labels[min(r * g[0], labels.shape[0] - 1), min(c * g[1], labels.shape[1] - 1)]
+            if lab > 0:
+                ref[lab - 1] += prob[r, c] * prob_class[r, c]
+    have = ref.sum(1) > 0
+    ref[have] /= ref[have].sum(1, keepdims=True)
+    np.testing.assert_allclose(det["class_prob"][have], ref[have], rtol=1e-4, atol=1e-6)
+    pannuke = model.hierarchy.label_set("pannuke")
+    np.testing.assert_allclose(det["label_set_prob"], pannuke.collapse(det["class_prob"]), rtol=1e-6)
+    np.testing.assert_array_equal(det["class_id"], 1 + np.argmax(det["label_set_prob"][:, 1:], axis=1))
+    assert set(det["class_id"]) <= set(pannuke.ids)
+    np.testing.assert_array_equal(det["leaf_class_id"], 1 + np.argmax(det["class_prob"][:, 1:], axis=1))
+    # leaf level without a label set
+    _, leaf = model.predict_instances(img, prob_thresh=0.3)
+    np.testing.assert_array_equal(leaf["class_id"], det["leaf_class_id"])
+    with pytest.raises(HierarchyError, match="unknown label set 'pannuk'"):
+        model.predict_instances(img, label_set="pannuk")
+
+
+def test_bad_training_input_gives_clear_errors(trained):
+    model = trained["model"]
+    X, Y, C = make_images(3, size=64, seed=3, classes=(1, 2))
+    val = (X[2:], Y[2:], C[2:])
+    kw = dict(validation_data=val, dataset="monusac", epochs=1, steps_per_epoch=1, verbose=0)
+    cases = [
+        (dict(X=X[:2], Y=Y[:1], classes=C[:2]), ValueError, "2 images but 1 masks"),
+        (dict(X=[X[0], X[1][:32]], Y=Y[:2], classes=C[:2]), ValueError, r"image 1 has shape \(32, 64, 3\)"),
+        (dict(X=X[:2], Y=[Y[0], Y[1].astype(float)], classes=C[:2]), ValueError, "mask 1 has dtype float64"),
+        (dict(X=[X[0], np.where(Y[1][..., None] > 0, np.nan, X[1])], Y=Y[:2], classes=C[:2]), ValueError, "image 1 contains NaN"),
+        (dict(X=X[:2], Y=Y[:2], classes=[C[0], {}]), ValueError, r"image 1 \(label set 'monusac'\): instance id"),
+        (dict(X=X[:2], Y=Y[:2], classes=[C[0], {k: 7 for k in C[1]}]), HierarchyError, r"\[7\] not in label set 'monusac'"),
+    ]
+    for args, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            model.train(args["X"], args["Y"], classes=args["classes"], **kw)
+    with pytest.raises(HierarchyError, match="unknown label set 'monusak'"):
+        model.train(X[:2], Y[:2], classes=C[:2], **dict(kw, dataset="monusak"))
+
+
+def test_hierarchy_that_does_not_fit_the_model(trained, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(trained["basedir"] / "hier", folder)
+    small = ClassHierarchy.from_dict({"hierarchy": {"n": {"a": None, "b": None}}, "label_sets": {"s": {1: "a"}}})
+    small.to_yaml(folder / "hierarchy.yaml")
+    with pytest.raises(HierarchyError, match="has 2 leaves but the model .* n_classes=12"):
+        HierStarDist2D(None, name="copy", basedir=str(tmp_path))
+    # same network size, different weights file shape: a clear error from load_weights
+    other = HierStarDist2D(HierConfig2D(n_classes=2, **TINY), name="other", basedir=str(tmp_path))
+    shutil.copy(folder / "weights_best.h5", tmp_path / "other" / "weights_best.h5")
+    with pytest.raises(ValueError, match="do not fit this model .*n_classes=2"):
+        other.load_weights("weights_best.h5")
+
+
+def test_reinitialize_class_head_changes_only_the_head(trained, tmp_path):
+    model = HierStarDist2D(HierConfig2D(hierarchy="default", **TINY), basedir=None)
+    before = {l.name: [w.copy() for w in l.get_weights()] for l in model.keras_model.layers}
+    model.reinitialize_class_head(seed=3)
+    for layer in model.keras_model.layers:
+        changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        assert changed == (layer.name in ("features_class", "prob_class")) or not layer.get_weights()
