@@ -436,20 +436,37 @@ def _tissue_stain(spec, tissue):
 
 
 def _smooth_noise(rng, shape, sigma):
-    """Gaussian-filtered white noise scaled to unit standard deviation."""
-    n = ndi.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    """Gaussian-filtered white noise scaled to unit standard deviation.
+
+    Filtered in the Fourier domain (periodic boundaries): the cost does not grow with
+    ``sigma``, and tile-wide fields use sigmas of tens of pixels.
+    """
+    spec = np.fft.rfft2(rng.standard_normal(shape))
+    n = np.fft.irfft2(ndi.fourier_gaussian(spec, sigma, n=shape[1], axis=-1), s=shape)
     return n / (n.std() + 1e-9)
+
+
+class _Sampler:
+    """Draws positions with probability proportional to a weight map (cumulative sums cached)."""
+
+    def __init__(self, weight):
+        self.shape = weight.shape
+        self.cs = np.cumsum(weight.ravel(), dtype=np.float64)
+        self.any = bool(self.cs[-1] > 0)
+
+    def __call__(self, rng, n=1):
+        size = self.cs.size
+        if not self.any:
+            flat = rng.integers(0, size, n)
+        else:
+            flat = np.minimum(np.searchsorted(self.cs, rng.random(n) * self.cs[-1], side="right"), size - 1)
+        y, x = np.divmod(flat, self.shape[1])
+        return np.stack([y + rng.random(n) - 0.5, x + rng.random(n) - 0.5], axis=1)
 
 
 def _sample_weighted(rng, weight, n=1):
     """``n`` (y, x) positions drawn with probability proportional to ``weight``."""
-    cs = np.cumsum(weight.ravel(), dtype=np.float64)
-    if cs[-1] <= 0:
-        flat = rng.integers(0, weight.size, n)
-    else:
-        flat = np.minimum(np.searchsorted(cs, rng.random(n) * cs[-1], side="right"), weight.size - 1)
-    y, x = np.divmod(flat, weight.shape[1])
-    return np.stack([y + rng.random(n) - 0.5, x + rng.random(n) - 0.5], axis=1)
+    return _Sampler(weight)(rng, n)
 
 
 def _window(cy, cx, radius, shape):
@@ -716,12 +733,13 @@ class _Scene:
             band = np.clip((width - across) / 6, 0, 1) * self.stroma
             self.e_bg[:] = self.e_bg * (1 - band) + band * (0.46 + 0.03 * self.fine)
         # where nuclei go
-        self.w_stroma = self.stroma.astype(float) + 1e-6
         band = self.epi & ~self.lumen & (self.epi_dist >= 2) & (self.epi_dist <= 14 * self.scale)
-        self.w_gland = band.astype(float) if band.any() else self.epi.astype(float)
-        self.w_nest = (self.epi & ~self.lumen).astype(float)
-        self.w_any = np.where(self.lumen, 0.02, 1.0)
-        self.infiltrates = [tuple(_sample_weighted(rng, self.w_stroma)[0]) for _ in range(int(rng.integers(0, 3)))]
+        nest = self.epi & ~self.lumen
+        self.w_any = _Sampler(np.where(self.lumen, 0.02, 1.0))
+        self.w_stroma = _Sampler(self.stroma.astype(float) + 1e-6)
+        self.w_nest = _Sampler(nest.astype(float)) if nest.any() else self.w_any
+        self.w_gland = _Sampler(band.astype(float)) if band.any() else self.w_nest
+        self.infiltrates = [tuple(self.w_stroma(rng)[0]) for _ in range(int(rng.integers(0, 3)))]
         gy, gx = np.gradient(ndi.gaussian_filter(self.epi_dist, 2.0))
         self.epi_dir = np.arctan2(gy, gx)
 
@@ -731,14 +749,12 @@ class _Scene:
         """A centre and long-axis angle for ``nuc`` according to its site."""
         rng, size, site = self.rng, self.size, nuc.morph.site
         if site == "gland":
-            w = self.w_gland if self.w_gland.any() else self.w_any
-            (y, x), = _sample_weighted(rng, w)
+            (y, x), = self.w_gland(rng)
             # columnar cells stand perpendicular to the basement membrane
             yi, xi = min(max(int(y), 0), size - 1), min(max(int(x), 0), size - 1)
             return (y, x), float(self.epi_dir[yi, xi] + rng.normal(0, 0.25))
         if site == "nest":
-            w = self.w_nest if self.w_nest.any() else self.w_any
-            (y, x), = _sample_weighted(rng, w)
+            (y, x), = self.w_nest(rng)
             return (y, x), rng.uniform(0, math.pi)
         if site == "vessel" and self.vessels:
             vy, vx, rv = self.vessels[rng.integers(len(self.vessels))]
@@ -759,14 +775,13 @@ class _Scene:
                 y, x = rng.normal(cy, 22 * self.scale), rng.normal(cx, 22 * self.scale)
                 return (y, x), rng.uniform(0, math.pi)
             # some immune cells sit inside the epithelium (intra-epithelial lymphocytes)
-            w = self.w_any if rng.random() < 0.15 else self.w_stroma
-            (y, x), = _sample_weighted(rng, w)
+            (y, x), = (self.w_any if rng.random() < 0.15 else self.w_stroma)(rng)
             return (y, x), rng.uniform(0, math.pi)
         if site in ("stroma", "vessel", "bundle"):
-            (y, x), = _sample_weighted(rng, self.w_stroma)
+            (y, x), = self.w_stroma(rng)
             along = nuc.morph.shape in ("spindle", "blunt", "flat")
             return (y, x), (self.fibre_angle + rng.normal(0, 0.25)) if along else rng.uniform(0, math.pi)
-        (y, x), = _sample_weighted(rng, self.w_any)
+        (y, x), = self.w_any(rng)
         return (y, x), rng.uniform(0, math.pi)
 
     def place(self, nuc, tries=8):
