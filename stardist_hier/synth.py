@@ -675,7 +675,8 @@ class _Scene:
         if epi_fraction > 0:
             thr = np.quantile(field_, 1 - epi_fraction)
             self.epi = field_ > thr
-            self.epi = ndi.binary_opening(self.epi, iterations=2)
+            # no slivers of epithelium too thin to hold a cell
+            self.epi = ndi.binary_opening(self.epi, iterations=2) if epi_fraction > 0.1 else self.epi
         else:
             self.epi = np.zeros(shape, bool)
         self.epi_dist = ndi.distance_transform_edt(self.epi)
@@ -701,7 +702,7 @@ class _Scene:
         self.e_bg[:] = (0.10 + 0.32 * fibres) * loose + 0.04
         self.h_bg[:] = 0.04 + 0.02 * self.coarse
         # epithelium: amphophilic cytoplasm, fine granular texture
-        cyto_e = 0.30 + 0.05 * self.fine
+        cyto_e = 0.30 + 0.025 * self.fine + 0.03 * self.coarse
         self.e_bg[self.epi] = cyto_e[self.epi]
         self.h_bg[self.epi] = (0.12 + 0.03 * self.coarse)[self.epi]
         self.e_bg[self.lumen] *= 0.08
@@ -854,10 +855,11 @@ class _Scene:
             return
         sl, dy, dx = win
         u, v = _rotate(dy, dx, nuc.angle)
-        body = np.clip((1.0 - np.hypot((u - off) / la, v / lb)) * 5, 0, 1)
+        body = np.clip((1.0 - np.hypot((u - off) / la, v / lb)) * 3, 0, 1)
         if kind == "plasma":
-            hof = np.hypot((u - nuc.a * 1.35) / (0.45 * nuc.a), v / (0.5 * nuc.b)) < 1
-            body = body * np.where(hof, 0.35, 1.0)
+            # the Golgi hof: a paler zone against the nucleus on the cytoplasm's side
+            hof = np.hypot((u - nuc.a * 1.25) / (0.45 * nuc.a), v / (0.55 * nuc.b))
+            body = body * (1 - 0.45 * np.clip(1.3 - hof, 0, 1))
         self.e_cyt[sl] += e * body
         self.h_cyt[sl] += h * body
 
@@ -998,7 +1000,7 @@ def generate_tile(dataset, seed=0, size=256, tissue=None, unannotated="backgroun
     n_healthy = sum(n.morph.site == "gland" for n in nuclei)
     n_epi = sum(n.morph.site in ("gland", "nest") for n in nuclei)
     glandular = n_epi > 0 and n_healthy / n_epi > 0.5
-    frac = 0.0 if n_epi == 0 else float(np.clip(epi_area * (3.4 if glandular else 2.6) / size ** 2, 0.15, 0.85))
+    frac = 0.0 if n_epi == 0 else float(np.clip(epi_area * (3.4 if glandular else 2.6) / size ** 2, 0.05, 0.85))
     n_endo = sum(n.morph.site == "vessel" for n in nuclei)
     n_vessels = 0 if n_endo == 0 else max(1, int(round(n_endo / rng.uniform(1.5, 3.0))))
     n_bundles = 0 if not any(n.morph.site == "bundle" for n in nuclei) else int(rng.integers(1, 3))
@@ -1092,11 +1094,23 @@ def save_overlay(tiles, path, ncols=4, by="leaf", title=True):
     from pathlib import Path
     from skimage.segmentation import find_boundaries
 
+    from matplotlib.colors import to_rgb
+
     h = ClassHierarchy.default()
-    leaf_colour = {leaf: plt.cm.tab20(i % 20)[:3] for i, leaf in enumerate(h.leaves)}
+    # saturated colours that stay visible on both pink stroma and dark nuclei; siblings in
+    # related hues so the super-classes read at a glance
+    palette = {"healthy_epithelial": "#1f5fff", "malignant_epithelial": "#00e5ff", "lymphocyte": "#ff8c00",
+               "plasma_cell": "#ffd700", "neutrophil": "#00c000", "eosinophil": "#a0ff40",
+               "macrophage": "#ff2020", "fibroblast": "#ff1493", "muscle": "#a0522d", "endothelial": "#b000ff",
+               "dead": "#000000", "miscellaneous": "#ffffff"}
+    hidden_colour = (0.72, 0.72, 0.72)
+    spare = iter(plt.cm.tab20.colors)
+    leaf_colour = {leaf: to_rgb(palette[leaf]) if leaf in palette else next(spare) for leaf in h.leaves}
     ncols = max(1, min(ncols, len(tiles)))
     nrows = int(math.ceil(len(tiles) / ncols))
-    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(4 * ncols, 2.1 * nrows), squeeze=False)
+    # panels at about one screen pixel per image pixel, so 2-pixel outlines survive
+    px = max(t.image.shape[0] for t in tiles) / 100
+    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(2 * px * ncols, (px + 0.25) * nrows + 0.5), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i, tile in enumerate(tiles):
@@ -1104,22 +1118,23 @@ def save_overlay(tiles, path, ncols=4, by="leaf", title=True):
         over = tile.image.astype(float) / 255
         inst, cls = tile.mask[..., 0], tile.mask[..., 1]
         for k in range(1, int(inst.max()) + 1):
-            edge = find_boundaries(inst == k, mode="inner")
+            edge = find_boundaries(inst == k, mode="thick") & (inst == k)
             colour = leaf_colour[tile.leaves[k - 1]] if by == "leaf" else plt.cm.tab10(int(cls[inst == k][0]) % 10)[:3]
             over[edge] = colour
         for j in range(1, int(tile.hidden.max()) + 1):
-            over[find_boundaries(tile.hidden == j, mode="inner")] = (0.5, 0.5, 0.5)
+            over[find_boundaries(tile.hidden == j, mode="thick") & (tile.hidden == j)] = hidden_colour
         axes[r, 2 * c].imshow(tile.image)
         axes[r, 2 * c + 1].imshow(over)
         if title:
             axes[r, 2 * c].set_title(f"{tile.dataset} / {tile.tissue}", fontsize=7)
     if by == "leaf":
-        handles = [Patch(color=leaf_colour[l], label=l) for l in h.leaves] + [Patch(color=(0.5,) * 3, label="unannotated")]
-        fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 if by == "leaf" else 0, 1, 1))
+        handles = [Patch(color=leaf_colour[l], label=l) for l in h.leaves] + [Patch(color=hidden_colour, label="unannotated")]
+        ncol = 7 if ncols > 1 else 4
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.5 / fig.get_size_inches()[1] if by == "leaf" else 0, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
