@@ -286,7 +286,8 @@ class HierStarDist2D(StarDist2D):
         return self._parse_classes_arg(classes, n)
 
     def train(self, X, Y, validation_data, classes="auto", augmenter=None, seed=None, epochs=None,
-              steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1):
+              steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1,
+              early_stopping_monitor="val_loss"):
         """Train on one dataset, or on several mixed within each batch.
 
         Same as :meth:`stardist.models.StarDist2D.train`, plus:
@@ -311,6 +312,9 @@ class HierStarDist2D(StarDist2D):
             Epoch to start from (to resume an interrupted run).
         verbose : int
             Keras verbosity (1: progress bar).
+        early_stopping_monitor : str
+            Quantity watched when ``train_early_stopping_patience`` is set: ``'val_loss'``
+            (all validation images) or ``'val_loss_<label set>'`` for one dataset.
 
         Returns
         -------
@@ -393,8 +397,11 @@ class HierStarDist2D(StarDist2D):
         self.callbacks += self._checkpoint_callbacks()
         fit_callbacks = [PerDatasetValidation(val_by_set, self.config.train_batch_size)] + list(self.callbacks)
         if self.config.train_early_stopping_patience is not None:
-            fit_callbacks.append(EarlyStopping(monitor="val_loss", patience=self.config.train_early_stopping_patience,
-                                               verbose=verbose))
+            known = {"val_loss"} | {f"val_loss_{name}" for name in val_by_set}
+            if early_stopping_monitor not in known:
+                raise ValueError(f"early_stopping_monitor={early_stopping_monitor!r}: use one of {sorted(known)}")
+            fit_callbacks.append(EarlyStopping(monitor=early_stopping_monitor, mode="min",
+                                               patience=self.config.train_early_stopping_patience, verbose=verbose))
         fit_callbacks += list(callbacks or [])
 
         history = self.keras_model.fit(iter(self.data_train), validation_data=data_val, epochs=epochs,

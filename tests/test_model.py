@@ -95,12 +95,15 @@ def test_batch_mixing_and_per_dataset_validation(tmp_path):
     datasets = ["consep"] * 4 + ["pannuke"] * 4
     val = (Xa[4:] + Xb[4:], Ya[4:] + Yb[4:], Ca[4:] + Cb[4:], ["consep"] * 2 + ["pannuke"] * 2)
     hist = model.train(X, Y, validation_data=val, classes=C, dataset=datasets, epochs=2, steps_per_epoch=2,
-                       verbose=0)
+                       verbose=0, early_stopping_monitor="val_loss_pannuke")
     for key in ("val_loss", "val_loss_consep", "val_loss_pannuke"):
         assert len(hist.history[key]) == 2 and np.all(np.isfinite(hist.history[key]))
     # the overall val_loss is the image-weighted mean of the per-dataset losses (same patches)
     mean = (np.array(hist.history["val_loss_consep"]) + np.array(hist.history["val_loss_pannuke"])) / 2
     np.testing.assert_allclose(hist.history["val_loss"], mean, rtol=2e-3)
+    with pytest.raises(ValueError, match="early_stopping_monitor='val_loss_monusac'"):
+        model.train(X, Y, validation_data=val, classes=C, dataset=datasets, epochs=1, steps_per_epoch=1,
+                    early_stopping_monitor="val_loss_monusac")
     with pytest.raises(ValueError, match="4th entry"):
         model.train(X, Y, validation_data=val[:3], classes=C, dataset=datasets, epochs=1, steps_per_epoch=1)
 
