@@ -26,6 +26,7 @@ This module is plain numpy / tifffile / pandas: data preparation never imports T
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +44,8 @@ __all__ = [
 PATCH_SIZE = 256
 #: instance id written for ignore regions (padding, ambiguous or unlabelled pixels)
 IGNORE = -1
+
+_TMP_COUNTER = itertools.count()
 
 
 class PatchFormatError(ValueError):
@@ -65,16 +68,24 @@ def _atomic_imwrite(path, array, **kwargs):
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary name in the same folder makes os.replace an atomic rename: an
-    # interrupted run can leave a stray temp file but never a half-written patch.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    # interrupted run can leave a stray temp file but never a half-written patch. The
+    # name is made here and opened once with O_EXCL (mkstemp + reopening by name costs a
+    # second open, which is slow on some file systems).
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"
     try:
-        os.close(fd)
-        tifffile.imwrite(tmp, array, **kwargs)
+        with open(tmp, "xb") as f:
+            tifffile.imwrite(f, array, **kwargs)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _compress(name):
+    if name is None:
+        return {}
+    return {"compression": name, "compressionargs": {"level": 1}} if name == "zlib" else {"compression": name}
 
 
 def _check_patch(image, mask, size=None):
@@ -95,7 +106,7 @@ def _check_patch(image, mask, size=None):
     return image, mask.astype(np.int32, copy=False)
 
 
-def write_patch(out_root, dataset, split, patch_id, image, mask, compression="zlib"):
+def write_patch(out_root, dataset, split, patch_id, image, mask, image_compression=None, mask_compression="zlib"):
     """Write one patch (image, then mask), each atomically.
 
     Parameters
@@ -108,8 +119,10 @@ def write_patch(out_root, dataset, split, patch_id, image, mask, compression="zl
         ``(256, 256, 3)`` RGB uint8.
     mask : numpy.ndarray
         ``(256, 256, 2)`` integer: instance ids (negative = ignore) and class ids.
-    compression : str or None
-        TIFF compression (lossless); ``None`` writes raw data.
+    image_compression, mask_compression : str or None
+        Lossless TIFF compression (``None``: raw). Images are raw by default: H&E gains
+        only ~15% from zlib at several times the write time, and raw TIFFs read fastest
+        in training. Masks are zlib level 1 (about 100x smaller, ~1 ms).
 
     Returns
     -------
@@ -121,8 +134,10 @@ def write_patch(out_root, dataset, split, patch_id, image, mask, compression="zl
     mpath = patch_path(out_root, dataset, split, "masks", patch_id)
     # The mask goes last: patch_exists() tests the mask, so a patch counts as finished
     # only once both files are in place.
-    _atomic_imwrite(ipath, image, photometric="rgb", compression=compression)
-    _atomic_imwrite(mpath, mask, photometric="minisblack", planarconfig="contig", compression=compression)
+    # one strip per file: tifffile's default of one row per strip costs 256 compress calls
+    _atomic_imwrite(ipath, image, photometric="rgb", rowsperstrip=image.shape[0], **_compress(image_compression))
+    _atomic_imwrite(mpath, mask, photometric="minisblack", planarconfig="contig", rowsperstrip=mask.shape[0],
+                    **_compress(mask_compression))
     return ipath, mpath
 
 
@@ -232,6 +247,32 @@ def read_index(root, dataset):
 # masks
 
 
+def _dense_ids(values):
+    """Sorted distinct values of a non-negative int array and each element's rank in them.
+
+    A lookup table replaces the sort of :func:`numpy.unique` when the values are small
+    (they are: instance ids and class keys), which makes per-patch relabelling O(pixels).
+
+    Returns
+    -------
+    uniq : numpy.ndarray
+        Sorted distinct values.
+    rank : numpy.ndarray
+        Same shape as ``values``: index of each element's value in ``uniq``.
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return np.zeros(0, np.int64), np.zeros(values.shape, np.int64)
+    top = int(values.max())
+    if top <= 4 * values.size + 65536:
+        used = np.zeros(top + 1, bool)
+        used[values] = True
+        lut = np.cumsum(used) - 1
+        return np.flatnonzero(used), lut[values]
+    uniq, inv = np.unique(values, return_inverse=True)
+    return uniq, inv.reshape(values.shape)
+
+
 def instance_classes(mask):
     """Class of every instance of a mask.
 
@@ -255,13 +296,14 @@ def instance_classes(mask):
         inst, cls = mask[..., 0], mask[..., 1]
     inst = inst.ravel().astype(np.int64)
     cls = cls.ravel().astype(np.int64)
-    ids = np.unique(inst[inst > 0])
-    out = {int(i): None for i in ids}
+    ids, _ = _dense_ids(inst[inst > 0])
+    out = {int(i): None for i in ids.tolist()}
     sel = (inst > 0) & (cls > 0)
     if sel.any():
-        # one 1-D key per (instance, class) pair: far faster than np.unique(axis=...)
+        # one 1-D key per (instance, class) pair, counted without sorting the pixels
         base = int(cls[sel].max()) + 1
-        keys, counts = np.unique(inst[sel] * base + cls[sel], return_counts=True)
+        keys, rank = _dense_ids(inst[sel] * base + cls[sel])
+        counts = np.bincount(rank.ravel(), minlength=len(keys))
         pi, pc = keys // base, keys % base
         # per instance: highest count first, then the smaller class id
         order = np.lexsort((pc, -counts, pi))
@@ -293,8 +335,8 @@ def relabel_instances(inst):
     out = np.zeros(inst.shape, np.int32)
     pos = inst > 0
     if pos.any():
-        _, inv = np.unique(inst[pos], return_inverse=True)
-        out[pos] = inv.astype(np.int32) + 1
+        _, rank = _dense_ids(inst[pos])
+        out[pos] = rank.astype(np.int32) + 1
     out[inst < 0] = IGNORE
     return out
 

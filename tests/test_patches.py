@@ -51,10 +51,9 @@ def test_interrupted_write_leaves_no_patch(tmp_path, monkeypatch):
     image, mask = _rand_patch(np.random.default_rng(2))
     calls = []
 
-    def failing(path, array, **kw):
-        calls.append(path)
-        with open(path, "wb") as f:
-            f.write(b"half")
+    def failing(file, array, **kw):
+        calls.append(file)
+        file.write(b"half")  # a partial TIFF in the temporary file, then the interruption
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tifffile, "imwrite", failing)

@@ -102,8 +102,9 @@ def to_rgb_uint8(image, path):
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
     if image.dtype.kind == "f" or (image.dtype.kind in "iu" and image.size and image.max() <= 255):
-        if image.size and (np.nanmin(image) < 0 or np.nanmax(image) > 255):
-            raise ReaderError(path, f"pixel values outside 0..255 ({np.nanmin(image)}..{np.nanmax(image)})")
+        lo, hi = (image.min(), image.max()) if image.size else (0, 0)
+        if not (lo >= 0 and hi <= 255):  # written so that NaN fails too
+            raise ReaderError(path, f"pixel values outside 0..255 ({lo}..{hi})")
         return np.rint(image).astype(np.uint8)
     raise ReaderError(path, f"unsupported pixel type {image.dtype} (values up to {image.max()})")
 

@@ -164,48 +164,58 @@ def convert_mask(masks6):
     """
     from skimage.measure import label
 
-    ids = np.rint(np.asarray(masks6[..., :5], np.float64)).astype(np.int64)
-    bg = np.asarray(masks6[..., 5]) > 0
-    present = ids > 0
-    n_present = present.sum(-1)
-    void = (n_present == 0) & ~bg
+    from ..patches import _dense_ids
+
+    masks6 = np.asarray(masks6)
+    # one contiguous int32 plane per class channel; the per-pixel combinations below are
+    # written as plane-by-plane ufuncs, far faster than numpy reductions over a short axis
+    planes = []
+    for c in range(5):
+        p = masks6[..., c]
+        planes.append((np.rint(p) if p.dtype.kind == "f" else p).astype(np.int32))
+    n_present = np.zeros(planes[0].shape, np.int8)
+    val = np.zeros(planes[0].shape, np.int64)
+    chan = np.zeros(planes[0].shape, np.int64)
+    top = 1
+    for c, p in enumerate(planes):
+        on = p > 0
+        n_present += on
+        np.maximum(val, p, out=val)
+        chan[on] = c
+        top = max(top, int(p.max()) + 1)
+    void = (n_present == 0) & ~(masks6[..., 5] > 0)
     if void.all():
         raise SkipSample("void patch: no class and no background pixel")
-    # channel-wise relabelling: key = channel * (max id + 1) + id is unique across channels
-    chan = present.argmax(-1)
-    val = np.take_along_axis(ids, chan[..., None], -1)[..., 0]
-    key = np.where(n_present == 1, chan * (int(ids.max()) + 1) + val + 1, 0)
+    # channel-wise relabelling: key = channel * (max id + 1) + id is unique across channels;
+    # where exactly one channel is set, that channel's id is the maximum over channels
     overlap = n_present > 1
-    uniq, inv = np.unique(key, return_inverse=True)
-    inst = inv.reshape(key.shape).astype(np.int32)  # key 0 -> 0, others 1..n
-    if uniq[0] != 0:
+    key = np.where(n_present == 1, chan * top + val, 0)
+    keys, rank = _dense_ids(key)
+    inst = rank.astype(np.int32)
+    if keys[0] != 0:
         inst += 1
-    # pieces of one id: skimage's label joins equal neighbouring values only
+        keys = np.r_[0, keys]
+    # class id = channel + 1, recovered from each key
+    cls_of = keys // top + 1
+    # pieces of one id: skimage's label joins only neighbouring pixels of equal value
     pieces = label(inst, background=0, connectivity=2)
     n_split = 0
-    if pieces.max() > inst.max():
-        piece_ids = np.unique(pieces[pieces > 0])
+    if pieces.max() > len(keys) - 1:
         owner = np.zeros(pieces.max() + 1, np.int64)
         owner[pieces.ravel()] = inst.ravel()
-        sizes = np.bincount(pieces.ravel(), minlength=pieces.max() + 1)
-        keep = np.zeros(pieces.max() + 1, bool)
-        best = {}
-        for p in piece_ids:
-            o = owner[p]
-            if o not in best or sizes[p] > sizes[best[o]]:
-                best[o] = p
-        keep[list(best.values())] = True
-        drop = (pieces > 0) & ~keep[pieces]
-        n_split = len(piece_ids) - len(best)
-        inst[drop] = -1
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0
+        # per owner id, the piece with the most pixels (ties: the first piece) is kept
+        order = np.lexsort((np.arange(len(sizes)), -sizes, owner))
+        first = np.r_[True, owner[order][1:] != owner[order][:-1]]
+        keep = np.zeros(len(sizes), bool)
+        keep[order[first]] = True
+        n_split = int((~keep[1:]).sum())
+        inst[(pieces > 0) & ~keep[pieces]] = -1
     inst[overlap | void] = -1
-    # class of each new id: the channel of its key
-    cls_of = {}
-    for new, k in enumerate(uniq[uniq > 0], start=1):
-        cls_of[new] = int((k - 1) // (int(ids.max()) + 1)) + 1
-    present_ids = np.unique(inst[inst > 0])
-    classes = {int(i): cls_of[int(i)] for i in present_ids}
-    return inst, classes, {"overlap_px": int(overlap.sum()), "void_px": int(void.sum()), "split_pieces": int(n_split)}
+    present_ids, _ = _dense_ids(inst[inst > 0])
+    classes = {int(i): int(cls_of[i]) for i in present_ids.tolist()}
+    return inst, classes, {"overlap_px": int(overlap.sum()), "void_px": int(void.sum()), "split_pieces": n_split}
 
 
 def load_sample(sample, cache):
