@@ -230,7 +230,7 @@ def instance_classes(inst, classes, ids=None, name=None):
     if isinstance(classes, dict) or np.ndim(classes) == 1:
         return _lookup_classes(classes, ids, name)
     classes = _check_pixel_classes(classes, inst.shape, "", name)
-    per, _ = _instance_modes(dense, all_ids.size, classes.ravel())
+    per, _ = _instance_modes(dense, np.arange(1, all_ids.size + 1), classes.ravel())
     pos = np.minimum(np.searchsorted(all_ids, ids), max(all_ids.size - 1, 0))
     out = np.zeros(ids.size, np.int64)
     if all_ids.size:
@@ -262,19 +262,28 @@ def _check_pixel_classes(cls, shape, what, name):
     return cls
 
 
-def _instance_modes(dense, n, cls_flat):
+def _instance_modes(pix, rows, cls_flat):
     """Per-instance majority class and the class ids present anywhere in the map.
 
-    Returns ``(modes, present)``: ``modes[i]`` is the most frequent non-zero class of dense
-    instance ``i + 1`` (0 when none; the smallest id on ties); ``present`` the sorted class ids
-    with at least one pixel, background pixels included, so that stray ids are reported.
+    ``pix`` are per-pixel labels (0 background) and ``rows`` the label of each instance.
+    Returns ``(modes, present)``: ``modes[i]`` is the most frequent non-zero class of
+    instance ``rows[i]`` (0 when none; the smallest id on ties); ``present`` the sorted class
+    ids with at least one pixel, background pixels included, so that stray ids are reported.
     """
     mc = int(cls_flat.max()) + 1 if cls_flat.size else 1
-    table = np.bincount(dense * mc + cls_flat, minlength=(n + 1) * mc).reshape(n + 1, mc)
+    n_rows = int(rows.max()) + 1 if len(rows) else 1
+    inside = pix.astype(bool)  # histogram the instance pixels only (fewer than the image)
+    key = pix[inside].astype(np.intp) * mc
+    key += cls_flat[inside]
+    table = np.bincount(key, minlength=n_rows * mc).reshape(-1, mc)
     present = np.flatnonzero(table.sum(0))
-    fg = table[1:, 1:]
-    if n == 0 or fg.shape[1] == 0:
-        return np.zeros(n, np.int64), present
+    stray = cls_flat[~inside]
+    stray = stray[stray.astype(bool)]
+    if stray.size:  # class ids on background pixels must be valid too
+        present = np.union1d(present, stray)
+    fg = table[rows, 1:]
+    if len(rows) == 0 or fg.shape[1] == 0:
+        return np.zeros(len(rows), np.int64), present
     best = fg.argmax(axis=1) + 1
     best[fg.max(axis=1) == 0] = 0
     return best.astype(np.int64), present
@@ -420,42 +429,73 @@ def _split_channels(a, what, name):
 
 
 def _match_core(gt, pred, thresh, name=None):
+    """Candidate pairs and matchings of one image (both rules).
+
+    Instances are addressed by their index in ``g_ids``/``p_ids``; ``gpix``/``ppix`` are the
+    per-pixel labels and ``g_rows``/``p_rows`` the row of each instance in a table built by
+    ``np.bincount`` over those labels (for the class modes).
+    """
     gt = _check_int(gt, "ground-truth instance ids", name)
     pred = _check_int(pred, "predicted instance ids", name)
     if gt.shape != pred.shape:
         raise MetricsError(f"{_where(name)}prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-    if pred.size and pred.min() < 0:
-        raise MetricsError(f"{_where(name)}predicted instance ids must be >= 0, found {int(pred.min())}")
     gflat, pflat = gt.ravel(), pred.ravel()
+    n = gflat.size
+    gmin, gmax = (int(gflat.min()), int(gflat.max())) if n else (0, 0)
+    pmin, pmax = (int(pflat.min()), int(pflat.max())) if n else (0, 0)
+    if pmin < 0:
+        raise MetricsError(f"{_where(name)}predicted instance ids must be >= 0, found {pmin}")
     ignore = None
-    if gt.dtype.kind == "i" and gflat.size and gflat.min() < 0:
+    if gmin < 0:
         ignore = gflat < 0
         gflat = np.where(ignore, 0, gflat)
-    dg, g_ids, g_area = _relabel(gflat)
-    dp, p_ids, p_area = _relabel(pflat)
+        gmax = max(gmax, 0)
+    if (gmax + 1) * (pmax + 1) <= max(4 * n, 1 << 16):
+        # small ids (the usual 1..n per tile): they index the contingency table directly,
+        # whose margins are the areas; no relabelling pass over the pixels
+        gpix, ppix = gflat, pflat
+        # pixels that are background in both images only fill the unused cell (0, 0): skip them
+        fg = (gflat | pflat).astype(bool)  # a boolean mask: np.flatnonzero on ints is slow
+        key = gflat[fg].astype(np.intp) * (pmax + 1)
+        key += pflat[fg]
+        table = np.bincount(key, minlength=(gmax + 1) * (pmax + 1)).reshape(gmax + 1, pmax + 1)
+        g_all, p_all = table.sum(1), table.sum(0)
+        g_ids = np.flatnonzero(g_all[1:]) + 1
+        p_ids = np.flatnonzero(p_all[1:]) + 1
+        g_area, p_area = g_all[g_ids], p_all[p_ids]
+        sub = table[g_ids[:, None], p_ids]  # present ids only: unused ids make sparse rows
+        flat = np.flatnonzero(sub)
+        gi, pj = np.divmod(flat, p_ids.size) if p_ids.size else (flat, flat)
+        inter = sub.ravel()[flat]
+        g_rows, p_rows = g_ids, p_ids
+    else:
+        gpix, g_ids, g_area = _relabel(gflat)
+        ppix, p_ids, p_area = _relabel(pflat)
+        gi, pj, inter = _overlaps(gpix, g_ids.size, ppix, p_ids.size)
+        g_rows, p_rows = np.arange(1, g_ids.size + 1), np.arange(1, p_ids.size + 1)
     n_ignored = 0
     if ignore is not None and p_ids.size:
-        on_ignore = np.bincount(dp[ignore], minlength=p_ids.size + 1)[1:]
+        on_ignore = np.bincount(ppix[ignore], minlength=int(p_rows[-1]) + 1)[p_rows]
         drop = 2 * on_ignore > p_area
         n_ignored = int(drop.sum())
         if n_ignored:
+            # a dropped prediction leaves the table; its pixels touch no other instance
             keep = np.flatnonzero(~drop)
-            fwd = np.zeros(p_ids.size + 1, np.intp)
-            fwd[keep + 1] = np.arange(1, keep.size + 1)
-            dp = fwd[dp]
-            p_ids, p_area = p_ids[keep], p_area[keep]
-    ng, np_ = g_ids.size, p_ids.size
-    gi, pj, inter = _overlaps(dg, ng, dp, np_)
+            fwd = np.full(p_ids.size, -1, np.intp)
+            fwd[keep] = np.arange(keep.size)
+            pj = fwd[pj]
+            ok = pj >= 0
+            gi, pj, inter = gi[ok], pj[ok], inter[ok]
+            p_ids, p_area, p_rows = p_ids[keep], p_area[keep], p_rows[keep]
     union = g_area[gi] + p_area[pj] - inter
     iou = inter / union
-    out = dict(ng=ng, np=np_, g_ids=g_ids, p_ids=p_ids, n_ignored=n_ignored, dg=dg, dp=dp)
     sel, cand = [], []
     for rule in RULES:
         c = np.flatnonzero(_candidates(inter, union, thresh, rule))
         cand.append(c)
         sel.append(c[_one_to_one(gi[c], pj[c], iou[c], thresh, rule)])
-    out.update(gi=gi, pj=pj, iou=iou, sel=sel, cand=cand)
-    return out
+    return dict(ng=int(g_ids.size), np=int(p_ids.size), g_ids=g_ids, p_ids=p_ids, n_ignored=n_ignored,
+                gpix=gpix, ppix=ppix, g_rows=g_rows, p_rows=p_rows, gi=gi, pj=pj, iou=iou, sel=sel, cand=cand)
 
 
 @dataclass
@@ -574,7 +614,7 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
     if hasattr(class_ids, "ids"):
         class_ids = class_ids.ids
 
-    def classes_of(cls, dense, ids, n, what):
+    def classes_of(cls, pix, rows, ids, n, what):
         # -> (class per instance, every class id that must belong to the label set)
         if cls is None:
             return np.zeros(n, np.int64), np.zeros(0, np.int64)
@@ -585,10 +625,10 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
         if class_ids is not None and cls.size and int(cls.max()) > max(class_ids, default=0):
             # report before a histogram over a stray huge id is allocated
             _class_index(class_ids, np.unique(cls), f"{what} classes", name)
-        return _instance_modes(dense, n, cls.ravel())
+        return _instance_modes(pix, rows, cls.ravel())
 
-    gcls, g_present = classes_of(gt_class, m["dg"], m["g_ids"], ng, "ground-truth")
-    pcls, p_present = classes_of(pred_class, m["dp"], m["p_ids"], np_, "prediction")
+    gcls, g_present = classes_of(gt_class, m["gpix"], m["g_rows"], m["g_ids"], ng, "ground-truth")
+    pcls, p_present = classes_of(pred_class, m["ppix"], m["p_rows"], m["p_ids"], np_, "prediction")
     if class_ids is None:
         class_ids = sorted((set(g_present.tolist()) | set(p_present.tolist())) - {0})
     class_ids = tuple(int(c) for c in class_ids)
