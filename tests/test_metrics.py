@@ -194,7 +194,7 @@ def assert_close(got, want, keys=None, tol=1e-9):
 def random_labels(rng, shape=(40, 40), n=12, max_id=500):
     lab = np.zeros(shape, np.int32)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    ids = rng.choice(np.arange(1, max_id), n, replace=False)  # ids not contiguous
+    ids = rng.choice(np.arange(1, max_id), n, replace=False)  # ids not contiguous unless max_id = n + 2
     for i in ids:
         cy, cx = rng.integers(0, shape[0]), rng.integers(0, shape[1])
         if rng.random() < 0.5:
@@ -235,12 +235,15 @@ def random_classes(rng, lab, ids_pool, p_zero=0.05):
     return cls
 
 
-def test_random_images_match_reference():
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("sparse_ids", [True, False], ids=["relabelled-ids", "raw-ids"])
+def test_random_images_match_reference(sparse_ids):
+    # sparse ids (up to 500 in a 40x40 image) take the relabelling path, small ids index
+    # the contingency table directly
+    rng = np.random.default_rng(1 if sparse_ids else 11)
     class_ids = (1, 2, 4, 7)  # 7 never appears: a class absent from the whole set
     gts, preds, tissues, ref = [], [], [], []
     for k in range(24):
-        gt = random_labels(rng)
+        gt = random_labels(rng, max_id=500 if sparse_ids else 14)
         if k == 3:
             gt[:] = 0  # an image without GT
         if k % 5 == 0:
@@ -286,6 +289,31 @@ def test_match_instances_pairs_and_image_pq():
             q = M.image_pq(gt, pred, rule=rule)
             den = m["tp"] + m["fp"] / 2 + m["fn"] / 2
             assert q["pq"] == pytest.approx(m["sum_iou"] / den) and q["dq"] * q["sq"] == pytest.approx(q["pq"])
+
+
+def test_id_values_do_not_matter():
+    # huge ids take the sort-based relabelling; results equal those of small ids
+    rng = np.random.default_rng(8)
+    gt = random_labels(rng, (48, 48), 14, max_id=16)
+    pred = perturb(rng, gt)
+    gc, pc = random_classes(rng, gt, [1, 2]), random_classes(rng, pred, [1, 2])
+    a = M.evaluate_image(np.stack([gt, gc], -1), np.stack([pred, pc], -1), class_ids=[1, 2])
+    big = M.evaluate_image(np.stack([gt.astype(np.int64) * 10_000_019, gc], -1),
+                           np.stack([pred.astype(np.int64) * 9_999_991, pc], -1), class_ids=[1, 2])
+    for f in ("tp", "sum_iou", "n_gt_c", "n_pred_c", "tp_c", "sum_iou_c", "pairs"):
+        np.testing.assert_allclose(getattr(a, f), getattr(big, f), atol=1e-12)
+
+
+def test_many_instances_sparse_table(stardist_float64):
+    # 1024 instances in 64x64: a dense (n+1)^2 table would exceed the image, so pairs are
+    # counted with np.unique over the overlapping pixels
+    gt = (np.arange(64)[:, None] // 2) * 32 + np.arange(64)[None, :] // 2 + 1
+    pred = np.roll(gt, 1, axis=1)
+    pred[:, ::8] = 0
+    m = M.match_instances(gt, pred, rule=">=")
+    st = stardist_float64.matching(gt, pred)
+    assert (m["tp"], m["fp"], m["fn"]) == (st.tp, st.fp, st.fn)
+    assert abs(m["sum_iou"] / (m["tp"] + m["fp"] / 2 + m["fn"] / 2) - st.panoptic_quality) < 1e-12
 
 
 # ----------------------------------------------------------------------------------------
