@@ -298,6 +298,19 @@ def test_generate_dataset_writes_patch_format(tmp_path):
     assert len(patches.read_index(tmp_path, "monusac")) == 1
 
 
+def test_workers_give_the_same_files(tmp_path):
+    counts = {"train": 3, "val": 1, "test": 0}
+    synth.generate_dataset(tmp_path / "a", "pannuke", counts=counts, size=64, progress=False)
+    synth.generate_dataset(tmp_path / "b", "pannuke", counts=counts, size=64, progress=False, workers=2)
+    ia, ib = patches.read_index(tmp_path / "a", "pannuke"), patches.read_index(tmp_path / "b", "pannuke")
+    assert ia.equals(ib)
+    for pid in ia.patch_id:
+        split = pid.split("_")[1]
+        for x, y in zip(patches.read_patch(tmp_path / "a", "pannuke", split, pid),
+                        patches.read_patch(tmp_path / "b", "pannuke", split, pid)):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_generate_256_through_write_patch(tmp_path):
     synth.generate_dataset(tmp_path, "monuseg", counts={"train": 1, "val": 0, "test": 0}, progress=False)
     image, mask = patches.read_patch(tmp_path, "monuseg", "train", "monuseg_train_00000")

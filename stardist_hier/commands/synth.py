@@ -32,6 +32,8 @@ def add_arguments(parser):
                         help="mask over nuclei a dataset does not annotate (MoNuSAC's other nuclei): "
                              "background as in the real ground truth (default), or ignore regions")
     parser.add_argument("--overwrite", action="store_true", help="remake datasets that already exist")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes generating tiles in parallel (default: 1; the output does not depend on it)")
     parser.add_argument("--overlay", metavar="PNG",
                         help="also draw the first train tiles of each dataset with outlines coloured by leaf")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -51,7 +53,8 @@ def run(args):
     counts = {split: getattr(args, f"n_{split}") for split in SPLITS}
     try:
         results = generate_all(args.out, names, counts=counts, size=args.size, seed=args.seed,
-                               unannotated=args.unannotated, overwrite=args.overwrite, progress=not args.quiet)
+                               unannotated=args.unannotated, overwrite=args.overwrite, progress=not args.quiet,
+                               workers=max(1, args.workers))
     except FileExistsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
