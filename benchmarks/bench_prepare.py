@@ -8,7 +8,7 @@ memory flatness means the same peaks for 100 and 1,000 patches (within 20%).
 
 Usage::
 
-    python benchmarks/bench_prepare.py --sizes 100 1000 --workers 2 [--dir DIR] [--keep]
+    python benchmarks/bench_prepare.py --sizes 100 1000 --workers 2 --cores 2 [--dir DIR] [--keep]
 """
 
 import argparse
@@ -61,14 +61,27 @@ def make_fold(root, n, seed=0, n_templates=16):
     return Path(root)
 
 
-def _convert_child(src, out, workers):
+def _vm_hwm_kib():
+    """Peak resident set of this process image. Unlike ru_maxrss it restarts at exec, so it
+    does not inherit the resident size of the parent that forked us."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _convert_child(src, out, workers, cores):
     """Run in a fresh interpreter: convert and print rate and peak memory as JSON."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])  # workers inherit it
     from stardist_hier.readers.convert import convert
 
     t = time.perf_counter()
     s = convert("pannuke", src, out, workers=workers, progress=False, val_fraction=0)
     dt = time.perf_counter() - t
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kib = _vm_hwm_kib()
+    # pool workers are forked from this small process and reaped when the pool closes
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({"patches": s.patches, "seconds": dt, "main_peak_mib": kib / 1024,
                       "worker_peak_mib": child / 1024}))
@@ -80,10 +93,11 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic folds and patches")
-    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--cores", type=int, default=2, help="CPU cores the conversion may use (default 2)")
+    ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        _convert_child(args._child[0], args._child[1], int(args._child[2]))
+        _convert_child(args._child[0], args._child[1], int(args._child[2]), int(args._child[3]))
         return 0
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_prepare_"))
     results = []
@@ -94,7 +108,7 @@ def main(argv=None):
             t = time.perf_counter()
             make_fold(src, n)
             gen = time.perf_counter() - t
-            r = subprocess.run([sys.executable, __file__, "--_child", str(src), str(out), str(args.workers)],
+            r = subprocess.run([sys.executable, __file__, "--_child", str(src), str(out), str(args.workers), str(args.cores)],
                                capture_output=True, text=True, check=True)
             res = json.loads(r.stdout.strip().splitlines()[-1])
             res.update(n=n, rate=res["patches"] / res["seconds"], fold_gib=n * 256 * 256 * 9 * 8 / 2**30, gen_s=gen)
@@ -112,7 +126,7 @@ def main(argv=None):
         a, b = results[0], results[-1]
         for k in ("main_peak_mib", "worker_peak_mib"):
             print(f"{k}: N={a['n']} {a[k]:.0f} MiB, N={b['n']} {b[k]:.0f} MiB, ratio {b[k] / a[k]:.2f}")
-    print(f"cpus: {os.cpu_count()}, workers: {args.workers}")
+    print(f"cores used: {args.cores} of {os.cpu_count()}, workers: {args.workers}")
     return 0
 
 

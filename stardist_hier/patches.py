@@ -380,8 +380,8 @@ def tile_offsets(length, size=PATCH_SIZE, stride=None):
     ``size`` gives ``[0]`` (that window is padded by :func:`tile_sample`).
     """
     stride = size if stride is None else int(stride)
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    if not 1 <= stride <= size:
+        raise ValueError(f"stride must be in 1..{size} (a larger step would leave gaps between tiles), got {stride}")
     if length <= size:
         return [0]
     starts = list(range(0, length - size + 1, stride))

@@ -34,13 +34,18 @@ def test_prepare_bad_folder_exits_with_message(tmp_path, capsys):
 @pytest.mark.parametrize("script", ["monuseg"])
 def test_data_prep_script(realdata, tmp_path, script):
     r = subprocess.run([sys.executable, str(ROOT / "data_prep" / f"{script}.py"), "--src", str(realdata / "monuseg"),
-                        "--out", str(tmp_path), "--no-progress", "--stride", "500", "--workers", "2"],
+                        "--out", str(tmp_path), "--no-progress", "--stride", "200", "--workers", "2"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "monuseg: 1 source images -> 9 patches" in r.stdout
+    assert "monuseg: 1 source images -> 25 patches" in r.stdout
 
 
 def test_all_scripts_call_the_cli():
     for name in ["pannuke", "monusac", "consep", "monuseg", "lizard", "conic"]:
         text = (ROOT / "data_prep" / f"{name}.py").read_text()
         assert f'main(["prepare", "{name}", *sys.argv[1:]])' in text
+
+
+def test_stride_larger_than_a_patch_is_refused(tmp_path, capsys):
+    rc = main(["prepare", "monuseg", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--stride", "300"])
+    assert rc == 2 and "gaps" in capsys.readouterr().err

@@ -118,3 +118,18 @@ def test_real_consep_format_tiles(realdata, tmp_path):
         np.testing.assert_array_equal(m[..., 0] > 0, mat["inst_map"] > 0)
     X, Y, C = P.load_split(out, "consep", "train", label_set="consep")
     assert [len(c) for c in C] == [20, 47, 58]
+
+
+def test_new_seed_moves_images_without_leaving_copies(tmp_path):
+    rng = np.random.default_rng(4)
+    src = tmp_path / "CoNSeP"
+    for k in range(6):
+        inst, type_map, inst_type, _ = _tile(rng, size=256)
+        _write(src / "Train", f"train_{k}", np.zeros((256, 256, 3), np.uint8), inst, type_map, inst_type)
+    out = tmp_path / "out"
+    for seed in (0, 1, 2, 3):
+        convert("consep", src, out, progress=False, val_fraction=0.5, seed=seed)
+        df = P.read_index(out, "consep")
+        on_disk = {(sp, pid) for sp in P.list_splits(out, "consep") for pid in P.list_patches(out, "consep", sp)}
+        assert on_disk == set(zip(df.split, df.patch_id))
+        assert len(df) == 6 and df.patch_id.is_unique and (df.split == "val").sum() == 3

@@ -30,8 +30,8 @@ def run(args):
     from ..readers import ReaderError
     from ..readers.convert import convert
 
-    if args.stride < 1:
-        print("error: --stride must be >= 1", file=sys.stderr)
+    if not 1 <= args.stride <= 256:
+        print("error: --stride must be in 1..256 (a larger step would leave gaps between tiles)", file=sys.stderr)
         return 2
     try:
         summary = convert(args.dataset, args.src, args.out, stride=args.stride, val_fraction=args.val_fraction,

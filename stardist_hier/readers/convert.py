@@ -251,8 +251,30 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
             summary.nuclei_per_class[k] = summary.nuclei_per_class.get(k, 0) + r[f"n_class_{k}"]
     if not summary.nuclei_per_class.get(0):
         summary.nuclei_per_class.pop(0, None)
+    moved = _remove_moved_patches(out, dataset, rows)
+    if moved:
+        summary.notes["stale_patches_removed"] = moved
     _write_merged_index(out, dataset, rows)
     return summary
+
+
+def _remove_moved_patches(out, dataset, rows):
+    """Delete copies of this run's patches left in *other* splits by an earlier run.
+
+    A different ``--seed`` or ``--val-fraction`` moves source images between ``train`` and
+    ``val``; their old copies would otherwise leak the same image into two splits.
+    """
+    from ..patches import list_patches, list_splits, patch_path
+
+    split_of = {r["patch_id"]: r["split"] for r in rows}
+    removed = 0
+    for split in list_splits(out, dataset):
+        for pid in list_patches(out, dataset, split):
+            if pid in split_of and split_of[pid] != split:
+                for kind in ("masks", "images"):
+                    patch_path(out, dataset, split, kind, pid).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _write_merged_index(out, dataset, rows):
@@ -267,8 +289,8 @@ def _write_merged_index(out, dataset, rows):
         except Exception:  # an unreadable old index is rebuilt from this run
             old = None
         if old is not None and len(old):
-            seen = set(zip(new["split"], new["patch_id"])) if len(new) else set()
-            keep = [i for i, r in enumerate(old.itertuples()) if (r.split, r.patch_id) not in seen
+            seen = set(new["patch_id"]) if len(new) else set()
+            keep = [i for i, r in enumerate(old.itertuples()) if r.patch_id not in seen
                     and patch_exists(out, dataset, r.split, r.patch_id)]
             new = pd.concat([old.iloc[keep], new], ignore_index=True) if keep else new
     write_index(out, dataset, new)

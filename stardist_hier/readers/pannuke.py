@@ -43,7 +43,7 @@ from .base import Labelled, ReaderError, Sample, SkipSample, to_rgb_uint8
 
 NAME = "pannuke"
 LABEL_SET = "pannuke"
-CHUNK = 32
+CHUNK = 16
 VAL_FROM = None
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 
