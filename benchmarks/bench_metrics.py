@@ -45,11 +45,11 @@ def make_tiles(n, seed, size=256, nuclei=50):
         drop = ids[rng.random(ids.size) < 0.1]
         pred[np.isin(pred, drop)] = 0
         y, x = rng.integers(0, size - 12, 2)
-        pred[y:y + 10, x:x + 10] = 1000  # a spurious detection
-        table = np.zeros(1001, np.int32)
-        table[1:] = rng.integers(1, 6, 1000)
+        pred[y:y + 10, x:x + 10] = nuclei + 1  # a spurious detection (ids stay small, as StarDist's 1..n)
+        table = np.zeros(nuclei + 2, np.int32)
+        table[1:] = rng.integers(1, 6, nuclei + 1)
         ptable = table.copy()
-        flip = rng.random(1001) < 0.2
+        flip = rng.random(nuclei + 2) < 0.2
         ptable[flip] = rng.integers(1, 6, flip.sum())
         ptable[0] = 0
         gts.append(gt)

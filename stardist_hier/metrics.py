@@ -272,15 +272,14 @@ def _instance_modes(pix, rows, cls_flat):
     """
     mc = int(cls_flat.max()) + 1 if cls_flat.size else 1
     n_rows = int(rows.max()) + 1 if len(rows) else 1
-    inside = pix.astype(bool)  # histogram the instance pixels only (fewer than the image)
-    key = pix[inside].astype(np.intp) * mc
-    key += cls_flat[inside]
+    kt = np.int32 if n_rows * mc < 2**31 else np.int64
+    key = pix.astype(kt) * kt(mc)
+    key += cls_flat
+    # key 0 (background pixel of class 0) is the only cell not needed; class ids on
+    # background pixels land in row 0 and so are reported in `present` too
+    key = key[key.astype(bool)]
     table = np.bincount(key, minlength=n_rows * mc).reshape(-1, mc)
     present = np.flatnonzero(table.sum(0))
-    stray = cls_flat[~inside]
-    stray = stray[stray.astype(bool)]
-    if stray.size:  # class ids on background pixels must be valid too
-        present = np.union1d(present, stray)
     fg = table[rows, 1:]
     if len(rows) == 0 or fg.shape[1] == 0:
         return np.zeros(len(rows), np.int64), present
@@ -454,10 +453,12 @@ def _match_core(gt, pred, thresh, name=None):
         # small ids (the usual 1..n per tile): they index the contingency table directly,
         # whose margins are the areas; no relabelling pass over the pixels
         gpix, ppix = gflat, pflat
-        # pixels that are background in both images only fill the unused cell (0, 0): skip them
-        fg = (gflat | pflat).astype(bool)  # a boolean mask: np.flatnonzero on ints is slow
-        key = gflat[fg].astype(np.intp) * (pmax + 1)
-        key += pflat[fg]
+        kt = np.int32 if (gmax + 1) * (pmax + 1) < 2**31 else np.int64
+        key = gflat.astype(kt) * kt(pmax + 1)
+        key += pflat
+        # key 0 = background in both images, the one unused cell: histogram the rest only
+        # (a boolean mask; np.flatnonzero on integers is slow)
+        key = key[key.astype(bool)]
         table = np.bincount(key, minlength=(gmax + 1) * (pmax + 1)).reshape(gmax + 1, pmax + 1)
         g_all, p_all = table.sum(1), table.sum(0)
         g_ids = np.flatnonzero(g_all[1:]) + 1
@@ -621,11 +622,16 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
         if isinstance(cls, dict) or np.ndim(cls) == 1:
             per = _lookup_classes(cls, ids, name)
             return per, per
-        cls = _check_pixel_classes(cls, np.shape(gt), f"{what} ", name)
-        if class_ids is not None and cls.size and int(cls.max()) > max(class_ids, default=0):
+        cls = _check_int(cls, f"{what} class ids", name)
+        if cls.shape != np.shape(gt):
+            raise MetricsError(f"{_where(name)}{what} class map shape {cls.shape} differs from instance map "
+                               f"shape {np.shape(gt)}")
+        flat = cls.ravel()
+        lo, hi = (int(flat.min()), int(flat.max())) if flat.size else (0, 0)
+        if lo < 0 or (class_ids is not None and hi > max(class_ids, default=0)):
             # report before a histogram over a stray huge id is allocated
-            _class_index(class_ids, np.unique(cls), f"{what} classes", name)
-        return _instance_modes(pix, rows, cls.ravel())
+            _class_index(class_ids or (), np.unique(flat), f"{what} classes", name)
+        return _instance_modes(pix, rows, flat)
 
     gcls, g_present = classes_of(gt_class, m["gpix"], m["g_rows"], m["g_ids"], ng, "ground-truth")
     pcls, p_present = classes_of(pred_class, m["ppix"], m["p_rows"], m["p_ids"], np_, "prediction")
@@ -633,10 +639,14 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
         class_ids = sorted((set(g_present.tolist()) | set(p_present.tolist())) - {0})
     class_ids = tuple(int(c) for c in class_ids)
     K = len(class_ids)
-    _class_index(class_ids, g_present, "ground-truth classes", name)
-    _class_index(class_ids, p_present, "predicted classes", name)
-    gk = _class_index(class_ids, gcls, "ground truth", name)
-    pk = _class_index(class_ids, pcls, "prediction", name)
+    if gt_class is None and pred_class is None:
+        gk, pk = np.full(ng, -1, np.intp), np.full(np_, -1, np.intp)
+    else:
+        # the present ids include every instance's class: checking them checks all
+        _class_index(class_ids, g_present, "ground-truth classes", name)
+        _class_index(class_ids, p_present, "predicted classes", name)
+        gk = _class_index(class_ids, gcls, "ground truth", name)
+        pk = _class_index(class_ids, pcls, "prediction", name)
 
     gi, pj, iou = m["gi"], m["pj"], m["iou"]
     tp = np.zeros(2, np.int64)
