@@ -75,6 +75,7 @@ DEFAULT_COUNTS = {"train": 160, "val": 32, "test": 48}
 _REF_H = np.array([0.650, 0.704, 0.286])
 _REF_E = np.array([0.072, 0.990, 0.105])
 _RBC = np.array([0.10, 0.85, 0.52])
+_IGNORE = -1  # patches.IGNORE: the instance id of ignore regions
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,6 +260,9 @@ class DatasetSpec:
         Mean nuclei per 256x256 tile.
     unannotated : tuple of str
         Leaves drawn but not annotated (MoNuSAC's other nuclei).
+    ambiguous : dict
+        Split -> mean number of ignore regions per 256x256 tile (MoNuSAC's test set has
+        "Ambiguous" regions).
     """
 
     name: str
@@ -269,6 +273,7 @@ class DatasetSpec:
     stain_spread: float = 0.05
     density: float = 30.0
     unannotated: tuple = ()
+    ambiguous: dict = field(default_factory=dict)
     description: str = ""
 
 
@@ -337,6 +342,7 @@ DATASETS = {
                     white=(236, 236, 244)),
         stain_spread=0.07, density=30.0, unannotated=(
             "plasma_cell", "eosinophil", "fibroblast", "muscle", "endothelial", "dead", "miscellaneous"),
+        ambiguous={"test": 0.5},
         description="MoNuSAC-like: epithelial (coarse) + lymphocyte, neutrophil, macrophage; "
                     "other nuclei present but not annotated"),
     "consep": DatasetSpec(
@@ -959,7 +965,8 @@ def _composition(spec, tissue, rng, size, hierarchy):
     return [leaf for leaf, c in zip(leaves, counts) for _ in range(c)]
 
 
-def generate_tile(dataset, seed=0, size=256, tissue=None, unannotated="background", hierarchy=None):
+def generate_tile(dataset, seed=0, size=256, tissue=None, unannotated="background", ambiguous=0.0,
+                  hierarchy=None):
     """Generate one synthetic tile.
 
     Parameters
@@ -974,6 +981,9 @@ def generate_tile(dataset, seed=0, size=256, tissue=None, unannotated="backgroun
         Force one of the dataset's tissues; by default drawn by their weights.
     unannotated : {'background', 'ignore'}
         What the mask says over nuclei the dataset does not annotate.
+    ambiguous : float
+        Mean number (per 256x256) of annotated nuclei turned into ignore regions, as
+        MoNuSAC's "Ambiguous" test annotations (see :attr:`DatasetSpec.ambiguous`).
     hierarchy : ClassHierarchy, optional
         Defaults to the package's default hierarchy.
 
@@ -1020,8 +1030,36 @@ def generate_tile(dataset, seed=0, size=256, tissue=None, unannotated="backgroun
     image = scene.render(stain, blur=float(rng.uniform(0.6, 1.0)))
 
     inst, cls, out_leaves, hidden, hidden_leaves = _finalise_masks(scene, ids, unannotated)
+    if ambiguous > 0:
+        # drawn last, so the image and the other nuclei do not depend on it
+        n_amb = int(rng.poisson(ambiguous * (size / 256) ** 2))
+        inst, cls, out_leaves = _mark_ambiguous(inst, cls, out_leaves, n_amb, rng)
     mask = np.stack([inst, cls], axis=-1).astype(np.int32)
     return SynthTile(image, mask, out_leaves, hidden, hidden_leaves, spec.name, t.name, spec.label_set)
+
+
+def _mark_ambiguous(inst, cls, leaves, n, rng):
+    """Turn ``n`` random annotated nuclei, with a 3-pixel margin of background, into ignore regions.
+
+    MoNuSAC's test annotations have an "Ambiguous" layer of regions whose nuclei the
+    annotators could not decide on; converters mark them as ignore regions.
+    """
+    n = min(n, len(leaves))
+    if n == 0:
+        return inst, cls, leaves
+    chosen = set((rng.choice(len(leaves), n, replace=False) + 1).tolist())
+    region = np.isin(inst, list(chosen))
+    region |= ndi.binary_dilation(region, iterations=3) & (inst == 0)
+    inst = inst.copy()
+    cls = cls.copy()
+    inst[region] = _IGNORE
+    cls[region] = 0
+    keep = [k for k in range(1, len(leaves) + 1) if k not in chosen]
+    lut = np.zeros(len(leaves) + 1, np.int32)
+    lut[keep] = np.arange(1, len(keep) + 1)
+    pos = inst > 0
+    inst[pos] = lut[inst[pos]]
+    return inst, cls, [leaves[k - 1] for k in keep]
 
 
 def _finalise_masks(scene, ids, unannotated, min_area=8):
@@ -1054,7 +1092,7 @@ def _finalise_masks(scene, ids, unannotated, min_area=8):
             hidden_leaves.append(leaf)
             hidden[sl][m] = len(hidden_leaves)
             if unannotated == "ignore":
-                inst[sl][m] = -len(hidden_leaves)
+                inst[sl][m] = _IGNORE
         else:
             out_leaves.append(leaf)
             inst[sl][m] = len(out_leaves)
@@ -1063,11 +1101,12 @@ def _finalise_masks(scene, ids, unannotated, min_area=8):
 
 
 def iter_tiles(dataset, split, n, size=256, seed=0, unannotated="background", start=0):
-    """Yield ``(patch_id, SynthTile)`` for tiles ``start..n-1`` of one split."""
+    """Yield ``(patch_id, SynthTile)`` for tiles ``start..n-1`` of one split (as :func:`generate_dataset` writes them)."""
     spec = _get_spec(dataset)
     for i in range(start, n):
         yield f"{spec.name}_{split}_{i:05d}", generate_tile(
-            spec, tile_seed(seed, spec.name, split, i), size=size, unannotated=unannotated)
+            spec, tile_seed(seed, spec.name, split, i), size=size, unannotated=unannotated,
+            ambiguous=spec.ambiguous.get(split, 0.0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -1316,7 +1355,8 @@ def _make_patch(job):
     pid = f"{spec.name}_{split}_{i:05d}"
     # Tiles are cheap and independent: a resumed run regenerates a finished tile for its
     # index row (tissue, unannotated nuclei) and only skips writing it.
-    tile = generate_tile(spec, tile_seed(seed, spec.name, split, i), size=size, unannotated=unannotated, hierarchy=h)
+    tile = generate_tile(spec, tile_seed(seed, spec.name, split, i), size=size, unannotated=unannotated,
+                         ambiguous=spec.ambiguous.get(split, 0.0), hierarchy=h)
     if not patches.patch_exists(root, spec.name, split, pid):
         _write(root, spec.name, split, pid, tile.image, tile.mask)
     return _index_row(spec, split, pid, f"synthetic/{spec.name}/seed{seed}/{split}/{i}", tile.tissue, tile.mask,

@@ -102,7 +102,21 @@ def test_monusac_other_nuclei_unannotated(tiles):
         np.testing.assert_array_equal(t.image, ref.image)
         np.testing.assert_array_equal(t.hidden > 0, t.mask[..., 0] < 0)
         assert (t.mask[..., 1][t.mask[..., 0] < 0] == 0).all()
-        assert len(np.unique(t.mask[..., 0][t.mask[..., 0] < 0])) == len(t.hidden_leaves)
+        assert set(np.unique(t.mask[..., 0][t.mask[..., 0] < 0])) <= {patches.IGNORE}
+
+
+def test_ambiguous_regions():
+    ss = synth.tile_seed(0, "monusac", "test", 0)
+    plain = synth.generate_tile("monusac", ss, size=SIZE)
+    amb = synth.generate_tile("monusac", ss, size=SIZE, ambiguous=12.0)
+    np.testing.assert_array_equal(plain.image, amb.image)
+    inst = amb.mask[..., 0]
+    assert (inst == patches.IGNORE).any() and inst.min() == patches.IGNORE
+    assert (amb.mask[..., 1][inst < 0] == 0).all()
+    assert 0 < len(amb.leaves) < len(plain.leaves)
+    np.testing.assert_array_equal(np.unique(inst[inst > 0]), np.arange(1, len(amb.leaves) + 1))
+    assert synth.DATASETS["monusac"].ambiguous.get("test", 0) > 0
+    assert not synth.DATASETS["monusac"].ambiguous.get("train", 0)
 
 
 def test_other_datasets_annotate_everything(tiles):
