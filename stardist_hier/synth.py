@@ -40,6 +40,7 @@ exact. MoNuSAC annotates only its four classes: other nuclei (stromal, plasma ce
 are drawn in its images but not annotated. By default they stay background in the mask, as
 in the real ground truth (a detector is penalised for finding them there too);
 ``unannotated='ignore'`` marks them as ignore regions (negative instance ids) instead.
+Its test split also has a few "Ambiguous" ignore regions, as the real test annotations.
 
 Everything is deterministic from a seed: every tile has its own
 :class:`numpy.random.SeedSequence` derived from ``(seed, dataset, split, index)``, so a tile
@@ -660,6 +661,12 @@ class SynthTile:
 
 
 class _Scene:
+    """One tile being drawn: stain concentration maps, the label map and the nuclei placed.
+
+    Hematoxylin (``h_*``) and eosin (``e_*``) are kept apart for background, cytoplasm and
+    nuclei so that each layer can be textured and blurred on its own before mixing.
+    """
+
     def __init__(self, size, rng, scale):
         self.size = size
         self.rng = rng
@@ -742,7 +749,7 @@ class _Scene:
             ang = self.fibre_angle + rng.normal(0, 0.3)
             self.bundles.append((by, bx, ang))
             # a smooth-muscle fascicle: homogeneous, deeper pink than collagen, no fibrils
-            across = np.abs(-(xx - bx) * math.sin(ang) + (yy - by) * math.cos(ang) + 6 * warp_y)
+            across = np.abs(-(xx - bx) * math.sin(ang) + (yy - by) * math.cos(ang) + 0.4 * warp_y)
             width = rng.uniform(16, 26) * self.scale
             band = np.clip((width - across) / 6, 0, 1) * self.stroma
             self.e_bg[:] = self.e_bg * (1 - band) + band * (0.46 + 0.03 * self.fine)
@@ -862,13 +869,13 @@ class _Scene:
             e, h = 0.08, 0.03
         else:  # plasma: eccentric nucleus in an amphophilic cell with a perinuclear hof
             la, lb, off = nuc.a * 1.8, nuc.b * 1.6, nuc.a * 0.75
-            e, h = 0.22, 0.22
+            e, h = 0.26, 0.28
         win = _window(cy, cx, la + off + 2, self.labels.shape)
         if win is None:
             return
         sl, dy, dx = win
         u, v = _rotate(dy, dx, nuc.angle)
-        body = np.clip((1.0 - np.hypot((u - off) / la, v / lb)) * 3, 0, 1)
+        body = np.clip((1.0 - np.hypot((u - off) / la, v / lb)) * 4, 0, 1)
         if kind == "plasma":
             # the Golgi hof: a paler zone against the nucleus on the cytoplasm's side
             hof = np.hypot((u - nuc.a * 1.25) / (0.45 * nuc.a), v / (0.55 * nuc.b))
