@@ -77,14 +77,17 @@ def _convert_child(src, out, workers, cores):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])  # workers inherit it
     from stardist_hier.readers.convert import convert
 
-    t = time.perf_counter()
+    t, c0 = time.perf_counter(), os.times()
     s = convert("pannuke", src, out, workers=workers, progress=False, val_fraction=0)
-    dt = time.perf_counter() - t
+    dt, c1 = time.perf_counter() - t, os.times()
+    # CPU time of this process and its (reaped) workers: unlike the wall time, it does not
+    # depend on what else runs on the machine
+    cpu = sum(getattr(c1, k) - getattr(c0, k) for k in ("user", "system", "children_user", "children_system"))
     kib = _vm_hwm_kib()
     # pool workers are forked from this small process and reaped when the pool closes
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"patches": s.patches, "seconds": dt, "main_peak_mib": kib / 1024,
-                      "worker_peak_mib": child / 1024}))
+    print(json.dumps({"patches": s.patches, "seconds": dt, "cpu_seconds": cpu, "main_peak_mib": kib / 1024,
+                      "worker_peak_mib": child / 1024, "load_avg_1min": os.getloadavg()[0]}))
 
 
 def main(argv=None):
@@ -113,9 +116,12 @@ def main(argv=None):
             res = json.loads(r.stdout.strip().splitlines()[-1])
             res.update(n=n, rate=res["patches"] / res["seconds"], fold_gib=n * 256 * 256 * 9 * 8 / 2**30, gen_s=gen)
             results.append(res)
+            cpu_ms = 1000 * res["cpu_seconds"] / max(res["patches"], 1)
             print(f"N={n:5d}  fold {res['fold_gib']:.2f} GiB  {res['patches']} patches in {res['seconds']:.1f} s "
-                  f"= {res['rate']:.0f} patches/s  peak RSS main {res['main_peak_mib']:.0f} MiB, "
-                  f"largest worker {res['worker_peak_mib']:.0f} MiB", flush=True)
+                  f"= {res['rate']:.0f} patches/s (load avg {res['load_avg_1min']:.1f})  CPU {cpu_ms:.1f} ms/patch "
+                  f"(= {args.cores * 1000 / cpu_ms:.0f} patches/s on {args.cores} free cores)  "
+                  f"peak RSS main {res['main_peak_mib']:.0f} MiB, largest worker {res['worker_peak_mib']:.0f} MiB",
+                  flush=True)
             if not args.keep:
                 shutil.rmtree(src, ignore_errors=True)
                 shutil.rmtree(out, ignore_errors=True)
