@@ -35,34 +35,39 @@ With ``den = TP + FP/2 + FN/2``: ``DQ = TP/den``, ``SQ = sum_IoU/TP``, ``PQ = DQ
 sum_IoU/den``. Values are exact (the reference codes' ``1e-6`` epsilons change them by
 less than 1e-6 and are not reproduced).
 
-===================== ======== ============================================================ ==========================================
-name                   rule     aggregation                                                 empty case
-===================== ======== ============================================================ ==========================================
-bPQ_pannuke_tissue     ``>``    class-agnostic PQ per image; nanmean per tissue; nanmean     image without GT: nan (skipped, so its
-                                over tissues (PanNuke)                                       false positives are ignored)
-bPQ_pannuke_image      ``>``    same per-image values, nanmean over images                   same
-mPQ_pannuke_tissue     ``>``    per image nanmean of per-class PQ over classes with GT      class without GT in an image: nan
-                                there; nanmean per tissue; nanmean over tissues              (its false positives there ignored)
-mPQ_pannuke_image      ``>``    same per-image mPQ, nanmean over images                      same
-PQ_pannuke_<class>     ``>``    per-class per-image PQ, nanmean over images                  nan where the image has no GT of it
-PQ_conic               ``>``    class-agnostic PQ per image, mean over images (CoNIC "PQ")   den = 0: 0
-mPQ+_conic             ``>``    per class TP/FP/FN/sum_IoU summed over the set, PQ per       den = 0 (class absent from the whole
-                                class, mean over all classes of the label set                set, GT and prediction): 0
-PQ+_<class>            ``>``    that class's PQ from the summed counts                       same
-PQ_stardist_image      ``>=``   class-agnostic PQ per image, mean over images                den = 0: 0
-                                (``matching_dataset(by_image=True)``)
-PQ_stardist_summed     ``>=``   from TP/FP/FN/sum_IoU summed over the set                   den = 0: 0
-                                (``matching_dataset(by_image=False)``)
-DQ_summed, SQ_summed   ``>``    summed class-agnostic counts                                 den = 0 / TP = 0: 0
-F1_det, precision_det, ``>``    detection from summed class-agnostic counts:                 nan when the denominator is 0
-recall_det                      ``2TP/(2TP+FP+FN)``
-F1_class_<class>       ``>``    HoVer-Net's classification F1 over the set, pairing by the    nan when the class appears nowhere
-                                class-agnostic matching:                                     (denominator 0)
-                                ``2TPc/(2TPc + 2FPc + 2FNc + FPd + FNd)``
-acc_class              ``>``    fraction of matched pairs whose classes agree                nan without matched pairs
-R2_<class>, R2_conic   -        coefficient of determination of per-image counts (CoNIC);    constant GT counts: 1 if predicted exactly,
-                                R2_conic is the mean over classes                            else 0 (scikit-learn); < 2 images: nan
-===================== ======== ============================================================ ==========================================
+Each entry: name (matching rule) -- aggregation; empty-case rule.
+
+* ``bPQ_pannuke_tissue`` (``>``) -- class-agnostic PQ per image, nanmean per tissue, nanmean
+  over tissues (PanNuke). An image without GT gives nan and is skipped, so its false
+  positives are ignored.
+* ``bPQ_pannuke_image`` (``>``) -- the same per-image values, nanmean over images.
+* ``mPQ_pannuke_tissue`` (``>``) -- per image, nanmean of the per-class PQ over the classes
+  with GT in that image; nanmean per tissue; nanmean over tissues (PanNuke). A class without
+  GT in an image gives nan there (its false positives in that image are ignored).
+* ``mPQ_pannuke_image`` (``>``) -- the same per-image mPQ, nanmean over images.
+* ``PQ_pannuke_<class>`` (``>``) -- per-class per-image PQ, nanmean over images; nan where an
+  image has no GT of the class.
+* ``PQ_conic`` (``>``) -- class-agnostic PQ per image, mean over images (CoNIC's "PQ"); 0 when
+  ``den = 0`` (no GT and no prediction).
+* ``mPQ+_conic`` (``>``) -- per class, TP/FP/FN/sum_IoU summed over all images, PQ per class,
+  mean over *all* classes of the label set; a class absent from the whole set (GT and
+  prediction) scores 0. ``PQ+_<class>``: that class's value.
+* ``PQ_stardist_image`` (``>=``) -- class-agnostic PQ per image, mean over images
+  (``matching_dataset(by_image=True)``); 0 when ``den = 0``.
+* ``PQ_stardist_summed`` (``>=``) -- from TP/FP/FN/sum_IoU summed over the set
+  (``matching_dataset(by_image=False)``); 0 when ``den = 0``.
+* ``DQ_summed``, ``SQ_summed`` (``>``) -- from the summed class-agnostic counts; 0 when the
+  denominator is 0.
+* ``F1_det``, ``precision_det``, ``recall_det`` (``>``) -- detection from the summed
+  class-agnostic counts, ``F1 = 2TP/(2TP+FP+FN)``; nan when the denominator is 0.
+* ``F1_class_<class>`` (``>``) -- HoVer-Net's classification F1 over the set,
+  ``2TPc/(2TPc + 2FPc + 2FNc + FPd + FNd)``; nan when the class appears nowhere.
+  ``F1_class_mean``: nanmean over classes.
+* ``acc_class`` (``>``) -- share of matched pairs whose classes agree; nan without pairs.
+* ``R2_<class>`` -- coefficient of determination of the per-image counts of the class (CoNIC);
+  constant GT counts give 1 if predicted exactly, else 0 (scikit-learn's rule); nan with fewer
+  than 2 images. ``R2_conic``: mean over classes. Counts are over the whole image (CoNIC
+  counted the central 224x224 of its 256x256 patches).
 
 In ``F1_class``: ``TPc`` matched pairs with GT and prediction of class ``c``; ``FPc`` matched
 pairs predicted ``c`` with another GT class; ``FNc`` matched pairs of GT class ``c`` predicted
