@@ -219,7 +219,7 @@ def test_load_split_missing_names_folder_and_command(tmp_path):
         P.load_split(tmp_path, "pannuke", "fold1")
     msg = str(e.value)
     assert str(tmp_path / "pannuke" / "fold1") in msg
-    assert f"stardist-hier prepare pannuke --src" in msg and f"--out {tmp_path}" in msg
+    assert "stardist-hier prepare pannuke --src" in msg and f"--out {tmp_path}" in msg
 
 
 def test_no_tensorflow_import():

@@ -109,7 +109,6 @@ def test_real_consep_format_tiles(realdata, tmp_path):
     assert s.notes.get("type_map_mismatch", 0) == 0
     for k in (1, 2, 3):
         mat = scipy.io.loadmat(src / f"patch{k}.mat")
-        ids = np.unique(mat["inst_map"][mat["inst_map"] > 0])
         types = mat["inst_type"].ravel()
         _, m = P.read_patch(out, "consep", "train", f"patch{k}_y0000_x0000")
         got = P.instance_classes(m)

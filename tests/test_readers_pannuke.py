@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stardist_hier import patches as P
-from stardist_hier.readers import ReaderError, convert, pannuke
+from stardist_hier.readers import ReaderError, convert
 
 TISSUES = ["Breast", "Colon", "Adrenal_gland", "Bile-duct", "Skin", "Liver"]
 

@@ -8,6 +8,8 @@ Behaviour:
   written to a temporary name and renamed, so an interrupted run leaves no half-written
   patch; temporary files left by a killed run are removed at the next start.
 * ``workers > 1`` converts in a process pool (samples in chunks of the reader's ``CHUNK``).
+  A re-run still reads and tiles every source (the index is rebuilt from it) but writes
+  only missing patches.
 * Bad input raises :class:`ReaderError` naming the file; with ``skip_bad`` it is a
   warning and a summary line instead, and every other file is still converted.
 * Validation: a seeded fraction of the *groups* (patients or source images) of the
@@ -17,6 +19,7 @@ Behaviour:
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -142,7 +145,7 @@ def _clean_temp_files(out, dataset):
 
 
 def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, overwrite=False, workers=1,
-            skip_bad=False, progress=True, size=PATCH_SIZE, limit=None):
+            skip_bad=False, progress=True, limit=None):
     """Convert one dataset download into the patch format.
 
     Parameters
@@ -154,7 +157,7 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
     out : str or path-like
         Output root; patches go to ``<out>/<dataset>/<split>/``.
     stride : int
-        Tile step for images larger than ``size`` (last tile aligned to the edge).
+        Tile step (1..256) for images larger than 256 px (last tile aligned to the edge).
     val_fraction : float
         Fraction of the groups (patients / source images) of the training split moved to
         ``val`` (ignored for datasets with official folds only: PanNuke, Lizard).
@@ -208,7 +211,7 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
     _clean_temp_files(out, dataset)
 
     chunk = max(1, int(getattr(reader, "CHUNK", 1)))
-    tasks = [(dataset, samples[i:i + chunk], str(out), size, stride, overwrite, class_ids, label_set)
+    tasks = [(dataset, samples[i:i + chunk], str(out), PATCH_SIZE, stride, overwrite, class_ids, label_set)
              for i in range(0, len(samples), chunk)]
     rows = []
     bar = tqdm(total=len(samples), desc=dataset, unit="img", disable=not progress)
@@ -217,7 +220,8 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
         if workers and workers > 1 and len(tasks) > 1:
             import multiprocessing as mp
 
-            pool = mp.get_context("fork" if hasattr(__import__("os"), "fork") else "spawn").Pool(int(workers))
+            # fork starts workers without re-importing the package; spawn where there is no fork
+            pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(int(workers))
             results_iter = pool.imap_unordered(_process, tasks)
         else:
             results_iter = map(_process, tasks)

@@ -14,6 +14,8 @@ Rules:
 * "Ambiguous" layers (test set) are ignore regions (``-1``), never nuclei.
 * Sub-image suffixes ``_1`` and ``_001`` denote the same number: an ``.xml`` is paired with
   the image whose stem has the same prefix and the same suffix number.
+* Patients in both official splits (TCGA-A2-A0ES, TCGA-MP-A4T7) stay where the release puts
+  each of their sub-images; ``val`` is only ever drawn from ``train``.
 * RGBA TIFFs lose their alpha channel. Without a ``.tif``, level 0 of the ``.svs`` (a
   TIFF) is read with tifffile; without either, the error lists the patient folder's files.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 
 from .base import Labelled, ReaderError, Sample, require_dir, to_rgb_uint8
 from .imagescope import rasterize, read_imagescope
