@@ -46,6 +46,17 @@ Everything is deterministic from a seed: every tile has its own
 :class:`numpy.random.SeedSequence` derived from ``(seed, dataset, split, index)``, so a tile
 does not depend on how many others are made or in which order.
 
+Usage
+-----
+.. code-block:: python
+
+    from stardist_hier import synth
+    synth.generate_all("data/synth", counts={"train": 160, "val": 32, "test": 48}, seed=0)
+    tile = synth.generate_tile("consep", synth.tile_seed(0, "consep", "train", 0), size=128)
+    synth.save_overlay([tile], "overlay.png")
+
+or ``stardist-hier synth --out data/synth``.
+
 This module is numpy/scipy/scikit-image only (no TensorFlow).
 """
 
