@@ -223,7 +223,8 @@ class EvaluationResult:
 
 
 def evaluate_folder(data, split="test", dataset=None, predictions=None, model=None, label_set=None,
-                    hierarchy=None, thresh=0.5, progress=True, save_predictions=None, predict_kwargs=None):
+                    hierarchy=None, thresh=0.5, progress=True, save_predictions=None, predict_kwargs=None,
+                    centroid_radius=12.0):
     """Score one dataset split against a model or saved predictions.
 
     Parameters
@@ -246,6 +247,9 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
         Hierarchy of the label sets; default the model's, else the shipped one.
     thresh : float
         IoU threshold of the matching.
+    centroid_radius : float or None
+        Radius (pixels) of HoVer-Net's centroid pairing for ``F1_class_centroid_*``
+        (HoVer-Net: 12 at 40x); ``None`` skips it.
     progress : bool
         Show a progress bar over the images.
     save_predictions : str or path-like, optional
@@ -354,12 +358,13 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
             if save_predictions is not None:
                 write_prediction(Path(save_predictions) / f"{pid}.tif", pred_inst, pred_cls)
         counts.append(M.evaluate_image(gt_inst, pred_inst, gt_cls, pred_cls, class_ids, thresh, name=where,
-                                       tissue=tissues.get(pid)))
+                                       tissue=tissues.get(pid), centroid_radius=centroid_radius))
         counts[-1].name = pid
 
     summary = dict(
         dataset=dataset, split=split, label_set=eval_ls.name if eval_ls is not None else None,
         gt_label_set=gt_ls.name if gt_ls is not None else None, thresh=float(thresh),
+        centroid_radius=None if centroid_radius is None else float(centroid_radius),
         source=str(predictions) if predictions is not None else f"model {getattr(model, 'name', type(model).__name__)}",
         classes=", ".join(f"{c}={n}" for c, n in zip(class_ids, class_names)),
     )
@@ -428,6 +433,9 @@ CONVENTIONS = {
     "F1_det": "IoU>0.5; detection F1 from summed counts",
     "acc_class": "IoU>0.5; share of matched pairs with the right class",
     "F1_class_mean": "IoU>0.5; HoVer-Net classification F1 per class (weights 2,2,1,1), mean over classes",
+    "F1_det_centroid": "HoVer-Net detection F1: centroids paired within centroid_radius px",
+    "acc_class_centroid": "HoVer-Net accuracy over the centroid pairs",
+    "F1_class_centroid_mean": "HoVer-Net classification F1 on the centroid pairs, mean over classes",
 }
 
 
@@ -452,6 +460,8 @@ def format_summary(result):
             "PQ+ (CoNIC)": [s[f"PQ+_{n}"] for n in result.class_names],
             "PQ (PanNuke)": [s[f"PQ_pannuke_{n}"] for n in result.class_names],
             "F1 class": [s[f"F1_class_{n}"] for n in result.class_names],
+            **({"F1 class (centroid)": [s[f"F1_class_centroid_{n}"] for n in result.class_names]}
+               if f"F1_class_centroid_{result.class_names[0]}" in s else {}),
             "R2": [s[f"R2_{n}"] for n in result.class_names],
             "n_gt": [s[f"n_gt_{n}"] for n in result.class_names],
             "n_pred": [s[f"n_pred_{n}"] for n in result.class_names],

@@ -63,7 +63,11 @@ Each entry: name (matching rule) -- aggregation; empty-case rule.
 * ``F1_class_<class>`` (``>``) -- HoVer-Net's classification F1 over the set,
   ``2TPc/(2TPc + 2FPc + 2FNc + FPd + FNd)``; nan when the class appears nowhere.
   ``F1_class_mean``: nanmean over classes.
-* ``acc_class`` (``>``) -- share of matched pairs whose classes agree; nan without pairs.
+* ``acc_class`` (``>``) -- share of matched pairs with a labelled GT nucleus whose classes
+  agree; nan without such pairs.
+* ``F1_det_centroid``, ``F1_class_centroid_<class>``, ``acc_class_centroid`` -- the same with
+  HoVer-Net's own pairing (optimal assignment of centroids, pairs at most ``centroid_radius``
+  pixels apart), reported when a radius is given.
 * ``R2_<class>`` -- coefficient of determination of the per-image counts of the class (CoNIC);
   constant GT counts give 1 if predicted exactly, else 0 (scikit-learn's rule); nan with fewer
   than 2 images. ``R2_conic``: mean over classes. Counts are over the whole image (CoNIC
@@ -72,8 +76,8 @@ Each entry: name (matching rule) -- aggregation; empty-case rule.
 In ``F1_class``: ``TPc`` matched pairs with GT and prediction of class ``c``; ``FPc`` matched
 pairs predicted ``c`` with another GT class; ``FNc`` matched pairs of GT class ``c`` predicted
 otherwise; ``FPd``/``FNd`` unmatched predictions/GT of class ``c`` (weights 2, 2, 1, 1 of
-HoVer-Net's ``compute_stats.py``). HoVer-Net pairs nuclei by centroid distance (12 px); here
-pairs are the IoU matching, the one the PQ counts use.
+HoVer-Net's ``compute_stats.py``). ``F1_class`` pairs nuclei by the IoU matching that the PQ
+counts use; ``F1_class_centroid`` by centroid distance as HoVer-Net does (12 px at 40x).
 
 Without tissue labels, all images form one tissue and the tissue-averaged values equal the
 image-averaged ones.
@@ -531,6 +535,9 @@ class ImageCounts:
     pairs : numpy.ndarray
         ``(2, K + 1, K + 1)`` class-agnostic matches by (GT class, predicted class); index 0
         is "unlabelled" (class 0), index ``k + 1`` is ``class_ids[k]``.
+    pairs_centroid : numpy.ndarray or None
+        ``(K + 1, K + 1)`` like ``pairs``, for HoVer-Net's centroid pairing (when a
+        ``centroid_radius`` was given).
     """
 
     name: str
@@ -546,6 +553,7 @@ class ImageCounts:
     sum_iou_c: np.ndarray
     pairs: np.ndarray
     tissue: object = field(default=None)
+    pairs_centroid: np.ndarray = field(default=None)
 
     @property
     def fp(self):
@@ -577,7 +585,8 @@ def _class_index(class_ids, values, what, name):
     return table[values]
 
 
-def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thresh=0.5, name="", tissue=None):
+def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thresh=0.5, name="", tissue=None,
+                   centroid_radius=None):
     """Counts of one image for every convention.
 
     Parameters
@@ -599,6 +608,10 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
         Image name, used in error messages and outputs.
     tissue : object, optional
         Tissue label, for PanNuke's tissue averaging.
+    centroid_radius : float, optional
+        Also pair nuclei as HoVer-Net's ``compute_stats.py`` does for its detection and
+        classification F1: an optimal assignment of GT to predicted centroids by Euclidean
+        distance, keeping pairs at most this many pixels apart (HoVer-Net: 12 at 40x).
 
     Returns
     -------
@@ -681,7 +694,35 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
         name=str(name), class_ids=class_ids, n_gt=ng, n_pred=np_, n_pred_ignored=m["n_ignored"],
         tp=tp, sum_iou=s, n_gt_c=np.bincount(gk[gk >= 0], minlength=K), n_pred_c=np.bincount(pk[pk >= 0], minlength=K),
         tp_c=tp_c, sum_iou_c=s_c, pairs=pairs, tissue=tissue,
+        pairs_centroid=None if centroid_radius is None else _centroid_pairs(m, gk, pk, K, centroid_radius, gt.shape),
     )
+
+
+def _centroids(pix, rows, shape):
+    """Mean (y, x) of each instance ``rows[i]`` of a flat label array."""
+    inside = pix.astype(bool)
+    yx = np.divmod(np.flatnonzero(inside), shape[1])  # np.flatnonzero of a bool mask is fast
+    lab = pix[inside]
+    n = int(rows.max()) + 1 if len(rows) else 1
+    area = np.bincount(lab, minlength=n)[rows]
+    return np.stack([np.bincount(lab, weights=c, minlength=n)[rows] / area for c in yx], -1)
+
+
+def _centroid_pairs(m, gk, pk, K, radius, shape):
+    """(K + 1, K + 1) centroid pairs by (GT class, predicted class), HoVer-Net's way."""
+    out = np.zeros((K + 1, K + 1), np.int64)
+    if m["ng"] == 0 or m["np"] == 0:
+        return out
+    from scipy.optimize import linear_sum_assignment
+
+    cg = _centroids(m["gpix"], m["g_rows"], shape)
+    cp = _centroids(m["ppix"], m["p_rows"], shape)
+    dist = np.sqrt(((cg[:, None, :] - cp[None, :, :]) ** 2).sum(-1))
+    r, c = linear_sum_assignment(dist)
+    keep = dist[r, c] <= radius
+    r, c = r[keep], c[keep]
+    np.add.at(out, (gk[r] + 1, pk[c] + 1), 1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -758,6 +799,25 @@ def _tissue_mean(values, tissues):
     return float(_nanmean([_nanmean(g) for g in groups.values()]))
 
 
+def _classification(P, ngc, npc):
+    """Accuracy over pairs with a labelled GT, and HoVer-Net's classification F1 per class.
+
+    ``P`` holds pairs by (GT class, predicted class), index 0 unlabelled; ``ngc``/``npc`` the
+    number of GT/predicted instances per class.
+    """
+    acc = float(_ratio(np.trace(P[1:, 1:]), P[1:, :].sum()))
+    f1 = []
+    for k in range(len(ngc)):
+        i = k + 1
+        tp_dt = P[i, i]
+        fp_dt = P[:, i].sum() - tp_dt
+        fn_dt = P[i, :].sum() - tp_dt
+        fp_d = npc[k] - P[:, i].sum()
+        fn_d = ngc[k] - P[i, :].sum()
+        f1.append(float(_ratio(2 * tp_dt, 2 * tp_dt + 2 * fp_dt + 2 * fn_dt + fp_d + fn_d)))
+    return acc, f1
+
+
 def summarize(counts, class_names=None):
     """Every convention over a set of images.
 
@@ -810,17 +870,17 @@ def summarize(counts, class_names=None):
     out["precision_det"] = float(_ratio(TP[H], N_PRED))
     out["recall_det"] = float(_ratio(TP[H], N_GT))
     P = a["pairs"][:, H].sum(0)  # (K+1, K+1) matched pairs by (GT class, predicted class)
-    out["acc_class"] = float(_ratio(np.trace(P), P.sum()))
-    f1c = []
-    for k, nm in enumerate(names):
-        i = k + 1
-        tp_dt = P[i, i]
-        fp_dt = P[:, i].sum() - tp_dt
-        fn_dt = P[i, :].sum() - tp_dt
-        fp_d = npc[k] - P[:, i].sum()
-        fn_d = ngc[k] - P[i, :].sum()
-        f1c.append(float(_ratio(2 * tp_dt, 2 * tp_dt + 2 * fp_dt + 2 * fn_dt + fp_d + fn_d)))
+    out["acc_class"], f1c = _classification(P, ngc, npc)
     out["F1_class_mean"] = float(_nanmean(f1c)) if f1c else np.nan
+    centroid = [c.pairs_centroid for c in counts]
+    if all(pc is not None for pc in centroid):
+        Pc = np.sum(centroid, axis=0)
+        tp = int(Pc.sum())
+        out["F1_det_centroid"] = float(_ratio(2 * tp, N_GT + N_PRED))
+        out["acc_class_centroid"], f1cc = _classification(Pc, ngc, npc)
+        out["F1_class_centroid_mean"] = float(_nanmean(f1cc)) if f1cc else np.nan
+        for k, nm in enumerate(names):
+            out[f"F1_class_centroid_{nm}"] = f1cc[k]
     pq_img_c = _nanmean(v["pq_c"], axis=0) if len(class_ids) else []
     for k, nm in enumerate(names):
         out[f"PQ+_{nm}"] = float(pq_plus[k])
@@ -866,7 +926,7 @@ def per_image_frame(counts, class_names=None):
 
 
 def evaluate_arrays(gts, preds, gt_classes=None, pred_classes=None, class_ids=None, tissues=None, names=None,
-                    class_names=None, thresh=0.5):
+                    class_names=None, thresh=0.5, centroid_radius=None):
     """Score a list of in-memory images.
 
     Parameters
@@ -883,6 +943,8 @@ def evaluate_arrays(gts, preds, gt_classes=None, pred_classes=None, class_ids=No
         Class names in ``class_ids`` order; taken from the label set when one is given.
     thresh : float
         IoU threshold.
+    centroid_radius : float, optional
+        Add HoVer-Net's centroid-paired F1 (see :func:`evaluate_image`).
 
     Returns
     -------
@@ -904,5 +966,6 @@ def evaluate_arrays(gts, preds, gt_classes=None, pred_classes=None, class_ids=No
         for i in range(n):
             found |= set(evaluate_image(gts[i], preds[i], gcs[i], pcs[i], None, thresh, names[i]).class_ids)
         class_ids = sorted(found)
-    counts = [evaluate_image(gts[i], preds[i], gcs[i], pcs[i], class_ids, thresh, names[i], tissues[i]) for i in range(n)]
+    counts = [evaluate_image(gts[i], preds[i], gcs[i], pcs[i], class_ids, thresh, names[i], tissues[i], centroid_radius)
+              for i in range(n)]
     return summarize(counts, class_names), counts

@@ -617,3 +617,53 @@ def test_real_hgsc_raster_against_stardist(realdata, stardist_float64):
     assert c.tp[0] == hv["tp"] and c.sum_iou[0] == pytest.approx(hv["s"])
     assert c.tp_c[0].tolist() == [hv["c"][k]["tp"] for k in (1, 2, 3)]
     assert c.n_gt_c.tolist() == [hv["c"][k]["n_gt"] for k in (1, 2, 3)]
+
+
+def test_centroid_pairing_matches_brute_force():
+    from itertools import permutations
+
+    rng = np.random.default_rng(9)
+    gts, preds, gcs, pcs = [], [], [], []
+    want_pairs = Counter()
+    n_gt, n_pred = Counter(), Counter()
+    for _ in range(4):
+        gt = random_labels(rng, (40, 40), 5, max_id=50)
+        pred = perturb(rng, gt)
+        gc, pc = random_classes(rng, gt, [1, 2], 0), random_classes(rng, pred, [1, 2], 0)
+        gts.append(np.stack([gt, gc], -1))
+        preds.append(np.stack([pred, pc], -1))
+        G, Pr = ref_instances(gt, gc), ref_instances(pred, pc)
+        for d, cnt in ((G, n_gt), (Pr, n_pred)):
+            for _, c in d.values():
+                cnt[c] += 1
+        cen = lambda d: {k: (sum(y for y, _ in v[0]) / len(v[0]), sum(x for _, x in v[0]) / len(v[0]))  # noqa: E731
+                         for k, v in d.items()}
+        cg, cp = cen(G), cen(Pr)
+        gk, pk = list(cg), list(cp)
+        dist = lambda a, b: math.dist(cg[a], cp[b])  # noqa: E731
+        best, best_cost = None, math.inf
+        if len(gk) <= len(pk):
+            options = (list(zip(gk, perm)) for perm in permutations(pk, len(gk)))
+        else:
+            options = (list(zip(perm, pk)) for perm in permutations(gk, len(pk)))
+        for pairs in options:
+            cost = sum(dist(a, b) for a, b in pairs)
+            if cost < best_cost - 1e-12:
+                best, best_cost = pairs, cost
+        for a, b in best or []:
+            if dist(a, b) <= 6:
+                want_pairs[(G[a][1], Pr[b][1])] += 1
+    s, counts = M.evaluate_arrays(gts, preds, class_ids=[1, 2], centroid_radius=6)
+    got = np.sum([c.pairs_centroid for c in counts], axis=0)
+    assert {(g, p): int(got[g, p]) for g in (1, 2) for p in (1, 2)} == {(g, p): want_pairs[(g, p)] for g in (1, 2) for p in (1, 2)}
+    tp = sum(want_pairs.values())
+    assert s["F1_det_centroid"] == pytest.approx(2 * tp / (sum(n_gt.values()) + sum(n_pred.values())))
+    for c in (1, 2):
+        tp_dt = want_pairs[(c, c)]
+        fp_dt = sum(v for (g, p), v in want_pairs.items() if p == c and g != c)
+        fn_dt = sum(v for (g, p), v in want_pairs.items() if g == c and p != c)
+        fp_d = n_pred[c] - sum(v for (g, p), v in want_pairs.items() if p == c)
+        fn_d = n_gt[c] - sum(v for (g, p), v in want_pairs.items() if g == c)
+        assert s[f"F1_class_centroid_class_{c}"] == pytest.approx(
+            2 * tp_dt / (2 * tp_dt + 2 * fp_dt + 2 * fn_dt + fp_d + fn_d))
+    assert "F1_det_centroid" not in M.evaluate_arrays(gts, preds, class_ids=[1, 2])[0]
