@@ -532,8 +532,9 @@ def _episode_key(cfg, data_root, index):
     eps = []
     for ep in cfg["episodes"][: index + 1]:
         ds = ep["dataset"]
+        sp = cfg["_splits"][ds]
         eps.append(dict(dataset=ds, epochs=ep["epochs"], data=_data_fingerprint(data_root, ds),
-                        splits=cfg["_splits"][ds]))
+                        splits=dict(train=sp["train"], val=sp["val"])))
     h = ClassHierarchy.resolve(cfg["hierarchy"]).to_dict()
     return dict(format=TRAINING_FORMAT, episodes=eps, seed=cfg["seed"], model=cfg["model"], augment=cfg["augment"],
                 steps_per_epoch=cfg["steps_per_epoch"], early_stopping_patience=cfg["early_stopping_patience"],
@@ -904,6 +905,10 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
         hist.append(df)
     history = pd.concat(hist, ignore_index=True)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    per_set = [c for c in history.columns if c.startswith("val_loss_")]
+    rest = [c for c in history.columns if c not in per_set]
+    at = rest.index("val_loss") + 1
+    history = history[rest[:at] + per_set + rest[at:]]
     _atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
 
     import warnings
