@@ -194,3 +194,18 @@ def test_misspelled_folder(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(ReaderError, match="MoNuSAC folder not found"):
         convert("monusac", tmp_path / "data" / "MoNuSAC_images_and_annotatons", tmp_path / "out", progress=False)
+
+
+def test_single_annotation_single_region_and_empty_regions(tmp_path):
+    one = tmp_path / "one.xml"
+    one.write_text(imagescope([("Lymphocyte", [rect(*LYM)])]))
+    (layer,) = read_imagescope(one)
+    assert layer.name == "Lymphocyte" and len(layer.regions) == 1
+    empty = tmp_path / "empty.xml"
+    empty.write_text(imagescope([("Epithelial", []), ("Neutrophil", None)]))  # <Regions> with headers only
+    layers = read_imagescope(empty)
+    inst, classes, _ = rasterize(layers, (H, W), lambda n: 1)
+    assert [len(l.regions) for l in layers] == [0, 0] and not inst.any() and classes == {}
+    inst, classes, _ = rasterize(read_imagescope(one), (H, W), lambda n: 2)
+    np.testing.assert_array_equal(inst, rect_mask((H, W), *LYM).astype(np.int32))
+    assert classes == {1: 2}
