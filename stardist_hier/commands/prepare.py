@@ -6,6 +6,7 @@ Writes <out>/<dataset>/<split>/images/<patch>.tif (RGB uint8), .../masks/<patch>
 """
 
 import sys
+from pathlib import Path
 
 DATASETS = ("pannuke", "monusac", "consep", "monuseg", "lizard", "conic")
 
@@ -39,7 +40,8 @@ def run(args):
                           skip_bad=args.skip_bad, progress=not args.no_progress)
     except (ReaderError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        if not args.skip_bad and isinstance(e, ReaderError):
+        # the hint helps with one bad file among many, not with a wrong --src
+        if not args.skip_bad and isinstance(e, ReaderError) and not Path(e.path).is_dir() and Path(args.src).is_dir():
             print("(use --skip-bad to skip bad files and convert the rest)", file=sys.stderr)
         return 1
     print(summary.format())
