@@ -510,9 +510,10 @@ class HierStarDist2D(StarDist2D):
         cover no grid cell (tiny or hidden) keep the class probabilities at their centre.
         """
         n = len(center_prob)
-        out = np.array(center_prob, dtype=np.float64, copy=True).reshape(n, -1)
         if n == 0:
-            return out
+            # reshape(0, -1) is ambiguous for an empty array: no instance, no class rows
+            return np.zeros((0, prob_class.shape[-1]), np.float64)
+        out = np.array(center_prob, dtype=np.float64, copy=True).reshape(n, -1)
         grid = np.asarray(self.config.grid, float)
         s = np.ones(2) if scale is None else np.array([scale["Y"], scale["X"]], float)
         rows = np.minimum((np.arange(prob.shape[0]) * grid[0] / s[0]).round().astype(int), labels.shape[0] - 1)
