@@ -1,0 +1,20 @@
+"""Table II, row 8 (test split of the target dataset).
+
+Pre-train consep 100 epochs, fine-tune pannuke 187 epochs, test pannuke; paper PQ 0.6056.
+
+    python table2_row8_consep_then_pannuke.py --data-root DATA --out results/paper --scale paper
+    python table2_row8_consep_then_pannuke.py --synthetic synthetic-data --out results/smoke --scale smoke
+"""
+
+import sys
+
+from stardist_hier.runner import row_main
+
+ROW = dict(table=2, row=8,
+           pretrain=("consep", 100),  # dataset, epochs
+           finetune=("pannuke", 187),
+           test="pannuke",
+           pq=0.6056)  # published PQ
+
+if __name__ == "__main__":
+    sys.exit(row_main(**ROW))
