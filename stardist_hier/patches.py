@@ -209,6 +209,8 @@ def write_index(root, dataset, rows):
 
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     front = ["patch_id", "split", "source", "offset_y", "offset_x", "tissue", "label_set", "n_nuclei"]
+    if not len(df.columns):
+        df = pd.DataFrame(columns=front)  # a run that kept no patch still writes a readable header
     cls_cols = sorted((c for c in df.columns if c.startswith("n_class_")), key=lambda c: int(c[8:]))
     rest = [c for c in df.columns if c not in front and c not in cls_cols]
     cols = [c for c in front if c in df.columns] + cls_cols + rest

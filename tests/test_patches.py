@@ -228,3 +228,9 @@ def test_no_tensorflow_import():
             "stardist_hier.readers.monuseg, stardist_hier.readers.lizard, stardist_hier.commands.prepare, sys; "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_empty_index_is_readable(tmp_path):
+    P.write_index(tmp_path, "ds", [])
+    df = P.read_index(tmp_path, "ds")
+    assert len(df) == 0 and "patch_id" in df.columns
