@@ -234,3 +234,16 @@ def test_empty_index_is_readable(tmp_path):
     P.write_index(tmp_path, "ds", [])
     df = P.read_index(tmp_path, "ds")
     assert len(df) == 0 and "patch_id" in df.columns
+
+
+def test_relabel_instances_against_loop_reference():
+    rng = np.random.default_rng(6)
+    for top in (5, 10**7):  # small ids (lookup table) and huge ids (sort) take different paths
+        inst = rng.choice(np.array([-4, -1, 0, 3, 17, top]), (30, 30))
+        ref = np.zeros_like(inst)
+        for new, old in enumerate(sorted(set(inst[inst > 0].tolist())), start=1):
+            ref[inst == old] = new
+        ref[inst < 0] = -1
+        got = P.relabel_instances(inst)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, ref)
