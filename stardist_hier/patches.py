@@ -37,7 +37,7 @@ __all__ = [
     "PATCH_SIZE", "IGNORE", "PatchFormatError",
     "patch_path", "write_patch", "read_patch", "patch_exists", "list_patches", "list_splits",
     "write_index", "read_index", "index_path",
-    "instance_classes", "class_counts", "relabel_instances", "paint_classes",
+    "instance_classes", "class_counts", "relabel_instances", "paint_classes", "dense_ids",
     "tile_offsets", "tile_sample", "load_split",
 ]
 
@@ -249,7 +249,7 @@ def read_index(root, dataset):
 # masks
 
 
-def _dense_ids(values):
+def dense_ids(values):
     """Sorted distinct values of a non-negative int array and each element's rank in them.
 
     A lookup table replaces the sort of :func:`numpy.unique` when the values are small
@@ -298,13 +298,13 @@ def instance_classes(mask):
         inst, cls = mask[..., 0], mask[..., 1]
     inst = inst.ravel().astype(np.int64)
     cls = cls.ravel().astype(np.int64)
-    ids, _ = _dense_ids(inst[inst > 0])
+    ids, _ = dense_ids(inst[inst > 0])
     out = {int(i): None for i in ids.tolist()}
     sel = (inst > 0) & (cls > 0)
     if sel.any():
         # one 1-D key per (instance, class) pair, counted without sorting the pixels
         base = int(cls[sel].max()) + 1
-        keys, rank = _dense_ids(inst[sel] * base + cls[sel])
+        keys, rank = dense_ids(inst[sel] * base + cls[sel])
         counts = np.bincount(rank.ravel(), minlength=len(keys))
         pi, pc = keys // base, keys % base
         # per instance: highest count first, then the smaller class id
@@ -337,7 +337,7 @@ def relabel_instances(inst):
     out = np.zeros(inst.shape, np.int32)
     pos = inst > 0
     if pos.any():
-        _, rank = _dense_ids(inst[pos])
+        _, rank = dense_ids(inst[pos])
         out[pos] = rank.astype(np.int32) + 1
     out[inst < 0] = IGNORE
     return out

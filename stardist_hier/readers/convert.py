@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..patches import PATCH_SIZE, _dense_ids, patch_exists, read_index, index_path, tile_sample, write_index, write_patch
+from ..patches import (PATCH_SIZE, dense_ids, index_path, patch_exists, read_index, tile_sample, write_index,
+                       write_patch)
 from . import get_reader
 from .base import ReaderError, SkipSample
 
@@ -125,7 +126,7 @@ def _process(task):
                 # the class channel is uniform per nucleus: count (instance, class) pairs once
                 inst, cls = mask[..., 0].ravel(), mask[..., 1].ravel()
                 pos = inst > 0
-                pairs, _ = _dense_ids(inst[pos].astype(np.int64) * 65536 + cls[pos])
+                pairs, _ = dense_ids(inst[pos].astype(np.int64) * 65536 + cls[pos])
                 counts = np.bincount(pairs % 65536, minlength=max(class_ids, default=0) + 1)
                 row = dict(patch_id=pid, split=s.split, source=s.source, offset_y=oy, offset_x=ox,
                            tissue=s.tissue, label_set=label_set, n_nuclei=len(pairs), n_unknown=int(counts[0]))

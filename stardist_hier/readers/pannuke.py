@@ -164,7 +164,7 @@ def convert_mask(masks6):
     """
     from skimage.measure import label
 
-    from ..patches import _dense_ids
+    from ..patches import dense_ids
 
     masks6 = np.asarray(masks6)
     # one contiguous int32 plane per class channel; the per-pixel combinations below are
@@ -190,7 +190,7 @@ def convert_mask(masks6):
     # where exactly one channel is set, that channel's id is the maximum over channels
     overlap = n_present > 1
     key = np.where(n_present == 1, chan * top + val, 0)
-    keys, rank = _dense_ids(key)
+    keys, rank = dense_ids(key)
     inst = rank.astype(np.int32)
     if keys[0] != 0:
         inst += 1
@@ -213,7 +213,7 @@ def convert_mask(masks6):
         n_split = int((~keep[1:]).sum())
         inst[(pieces > 0) & ~keep[pieces]] = -1
     inst[overlap | void] = -1
-    present_ids, _ = _dense_ids(inst[inst > 0])
+    present_ids, _ = dense_ids(inst[inst > 0])
     classes = {int(i): int(cls_of[i]) for i in present_ids.tolist()}
     return inst, classes, {"overlap_px": int(overlap.sum()), "void_px": int(void.sum()), "split_pieces": n_split}
 
