@@ -287,7 +287,11 @@ def _instance_modes(pix, rows, cls_flat):
     # key 0 (background pixel of class 0) is the only cell not needed; class ids on
     # background pixels land in row 0 and so are reported in `present` too
     key = key[key.astype(bool)]
-    table = np.bincount(key, minlength=n_rows * mc).reshape(-1, mc)
+    table = np.bincount(key, minlength=n_rows * mc)
+    if table.size % mc:
+        # labels above rows.max() (dropped predictions) can end the histogram mid-row
+        table = np.concatenate([table, np.zeros(mc - table.size % mc, table.dtype)])
+    table = table.reshape(-1, mc)
     present = np.flatnonzero(table.sum(0))
     fg = table[rows, 1:]
     if len(rows) == 0 or fg.shape[1] == 0:

@@ -397,6 +397,11 @@ def test_ignore_regions():
     pred[10:12, 2:8] = 4  # 6 of 12 pixels inside: exactly half is not "mostly", kept
     m = M.match_instances(gt, pred)
     assert (m["n_true"], m["n_pred"], m["n_pred_ignored"], m["tp"]) == (1, 3, 1, 1)
+    # with classes, the dropped prediction (here the largest id, class 1) is in no class
+    gcls = np.where(gt > 0, 2, 0)
+    pcls = np.where(pred == 2, 1, np.where(pred > 0, 2, 0))
+    c = M.evaluate_image(np.stack([gt, gcls], -1), np.stack([np.where(pred == 2, 9, pred), pcls], -1), class_ids=[1, 2])
+    assert c.n_pred_ignored == 1 and c.n_pred_c.tolist() == [0, 3] and c.tp_c[0].tolist() == [0, 1]
     with pytest.raises(M.MetricsError, match="predicted instance ids must be >= 0"):
         M.match_instances(pred, gt)
 
