@@ -247,8 +247,10 @@ def test_random_images_match_reference(sparse_ids):
         if k == 3:
             gt[:] = 0  # an image without GT
         if k % 5 == 0:
-            gt[rng.integers(0, 30):, :4] = -1  # an ignore band
+            gt[rng.integers(0, 30):, :4] = -1  # an ignore band (always covering rows 30-39)
         pred = perturb(rng, np.maximum(gt, 0))
+        if k % 5 == 0:
+            pred[34:38, 0:3] = 1500 if sparse_ids else 20  # inside the ignore band: dropped
         if k == 7:
             pred[:] = 0  # an empty prediction
         gc = random_classes(rng, np.maximum(gt, 0), [1, 2, 4])
@@ -271,6 +273,7 @@ def test_random_images_match_reference(sparse_ids):
     assert summary["PQ+_class_7"] == 0.0 and math.isnan(summary["PQ_pannuke_class_7"])
     assert math.isnan(summary["F1_class_class_7"]) and summary["R2_class_7"] == 1.0
     assert summary["n_images"] == 24 and summary["n_gt_nuclei"] == sum(h["n_gt"] for h, _ in ref)
+    assert summary["n_pred_ignored"] >= 5
 
 
 def test_match_instances_pairs_and_image_pq():
