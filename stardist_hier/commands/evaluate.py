@@ -1,15 +1,10 @@
-"""Score a model or saved predictions on a split of the patch folders.
-
-Reports, side by side: PanNuke's bPQ and mPQ (tissue- and image-averaged), CoNIC's PQ,
-mPQ+ and R2, StarDist's PQ (per image and summed; IoU >= 0.5), detection F1 and HoVer-Net's
-classification F1 per class. Writes <stem>_per_image.csv, <stem>_summary.csv and
-<stem>_summary.json into --out and prints a table.
-
-  stardist-hier evaluate --model models/hier --data patches --split test [--label-set NAME]
-  stardist-hier evaluate --predictions preds/ --data patches --split test --dataset monusac
-
-Saved predictions are <patch_id>.tif files, int (H, W, 2): instance ids, then class ids in
-the label set's ids (the layout of the ground-truth masks).
+"""Score a model (--model DIR) or saved prediction TIFFs (--predictions DIR) on one split of
+the patch folders, at a dataset's label set. Reports side by side: PanNuke's bPQ and mPQ
+(tissue- and image-averaged), CoNIC's PQ, mPQ+ and R2, StarDist's PQ (per image and summed,
+IoU >= 0.5), detection F1 and HoVer-Net's classification F1 per class. Writes
+<stem>_per_image.csv, <stem>_summary.csv and <stem>_summary.json into --out and prints a
+table. A saved prediction is <patch_id>.tif, an integer (H, W, 2) array in the layout of the
+ground-truth masks: instance ids, then class ids in the ids of the label set being scored.
 """
 
 import sys
