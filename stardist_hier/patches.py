@@ -106,7 +106,8 @@ def _check_patch(image, mask, size=None):
     return image, mask.astype(np.int32, copy=False)
 
 
-def write_patch(out_root, dataset, split, patch_id, image, mask, image_compression=None, mask_compression="zlib"):
+def write_patch(out_root, dataset, split, patch_id, image, mask, image_compression=None, mask_compression="zlib",
+                size=PATCH_SIZE):
     """Write one patch (image, then mask), each atomically.
 
     Parameters
@@ -123,13 +124,16 @@ def write_patch(out_root, dataset, split, patch_id, image, mask, image_compressi
         Lossless TIFF compression (``None``: raw). Images are raw by default: H&E gains
         only ~15% from zlib at several times the write time, and raw TIFFs read fastest
         in training. Masks are zlib level 1 (about 100x smaller, ~1 ms).
+    size : int or None
+        Required side length (the format's 256); other sizes are for small test and demo
+        data, ``None`` accepts any size.
 
     Returns
     -------
     tuple of pathlib.Path
         The image and mask paths.
     """
-    image, mask = _check_patch(image, mask, PATCH_SIZE)
+    image, mask = _check_patch(image, mask, size)
     ipath = patch_path(out_root, dataset, split, "images", patch_id)
     mpath = patch_path(out_root, dataset, split, "masks", patch_id)
     # The mask goes last: patch_exists() tests the mask, so a patch counts as finished

@@ -1217,17 +1217,10 @@ def _pick_tissue(spec, rng):
 def _write(out_root, dataset, split, patch_id, image, mask):
     from . import patches
 
-    if image.shape[:2] == (patches.PATCH_SIZE, patches.PATCH_SIZE):
-        return patches.write_patch(out_root, dataset, split, patch_id, image, mask)
-    # write_patch only takes the format's 256x256; smaller tiles (tests, quick demos) are
-    # written with the same layout, TIFF settings and atomic renames, and read back by the
-    # same read_patch / load_split
-    ipath = patches.patch_path(out_root, dataset, split, "images", patch_id)
-    mpath = patches.patch_path(out_root, dataset, split, "masks", patch_id)
-    patches._atomic_imwrite(ipath, image, photometric="rgb", compression="zlib")
-    patches._atomic_imwrite(mpath, np.ascontiguousarray(mask, np.int32), photometric="minisblack",
-                            planarconfig="contig", compression="zlib")
-    return ipath, mpath
+    # tiles smaller than the format's 256 (tests, quick demos) keep the same layout and
+    # are read back by the same read_patch / load_split
+    return patches.write_patch(out_root, dataset, split, patch_id, image, np.ascontiguousarray(mask, np.int32),
+                               size=None)
 
 
 def _index_row(spec, split, patch_id, source, tissue, mask, n_hidden, class_ids):
