@@ -631,7 +631,7 @@ def test_centroid_pairing_matches_brute_force():
     from itertools import permutations
 
     rng = np.random.default_rng(9)
-    gts, preds, gcs, pcs = [], [], [], []
+    gts, preds = [], []
     want_pairs = Counter()
     n_gt, n_pred = Counter(), Counter()
     for _ in range(4):
