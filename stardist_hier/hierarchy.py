@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from .atomic import atomic_write_text
 
 __all__ = ["HierarchyError", "ClassHierarchy", "LabelSet", "default_hierarchy_path"]
 
@@ -445,19 +446,9 @@ class ClassHierarchy:
 
     def to_yaml(self, path):
         """Write to ``path`` (atomically: a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write("# stardist-hier class hierarchy; leaf order = output channel order 1..n\n")
-                yaml.safe_dump(self.to_dict(), f, sort_keys=False, default_flow_style=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        text = ("# stardist-hier class hierarchy; leaf order = output channel order 1..n\n"
+                + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False))
+        return atomic_write_text(path, text)
 
     def __eq__(self, other):
         return isinstance(other, ClassHierarchy) and self.to_dict() == other.to_dict()

@@ -9,18 +9,15 @@ several datasets, and how predicted instances get their class.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import warnings
 from numbers import Integral
-from pathlib import Path
 
 import keras
 import numpy as np
 from csbdeep.utils import load_json
 from stardist.models import Config2D, StarDist2D
 
+from .atomic import atomic_write_json
 from .hierarchy import ClassHierarchy, HierarchyError
 from .losses import FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA, hierarchical_class_loss
 from .targets import HierStarDistData2D, resolve_label_sets
@@ -44,19 +41,6 @@ HIER_CONFIG_DEFAULTS = dict(
 
 HIER_CONFIG_FILE = "hier_config.json"
 HIERARCHY_FILE = "hierarchy.yaml"
-
-
-def _atomic_write_json(data, path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class HierConfig2D(Config2D):
@@ -196,10 +180,10 @@ class HierStarDist2D(StarDist2D):
             warnings.warn(f"output path for model already exists, files may be overwritten: {self.logdir.resolve()}")
         self.logdir.mkdir(parents=True, exist_ok=True)
         params = vars(self.config)
-        _atomic_write_json({k: v for k, v in params.items() if k not in HIER_CONFIG_DEFAULTS},
-                           self.logdir / "config.json")
-        _atomic_write_json({k: params[k] for k in HIER_CONFIG_DEFAULTS if k != "hierarchy"},
-                           self.logdir / HIER_CONFIG_FILE)
+        atomic_write_json(self.logdir / "config.json",
+                          {k: v for k, v in params.items() if k not in HIER_CONFIG_DEFAULTS})
+        atomic_write_json(self.logdir / HIER_CONFIG_FILE,
+                          {k: params[k] for k in HIER_CONFIG_DEFAULTS if k != "hierarchy"})
         if self.config.hierarchy is not None:
             ClassHierarchy.from_dict(self.config.hierarchy).to_yaml(self.logdir / HIERARCHY_FILE)
         elif (self.logdir / HIERARCHY_FILE).exists():
