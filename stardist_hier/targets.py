@@ -17,7 +17,7 @@ import numpy as np
 from scipy.ndimage import zoom
 from stardist.models.model2d import StarDistData2D
 
-from .hierarchy import ClassHierarchy, HierarchyError, LabelSet
+from .hierarchy import ClassHierarchy, LabelSet
 
 __all__ = ["HierStarDistData2D", "resolve_label_sets", "check_instance_classes", "ClassTargetEncoder"]
 
