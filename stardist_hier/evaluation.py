@@ -26,10 +26,7 @@ Outputs (each written to a temporary name, then renamed): ``<stem>_per_image.csv
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +34,7 @@ import numpy as np
 
 from . import metrics as M
 from . import patches as P
+from .atomic import atomic_save, atomic_write_json, atomic_write_text
 from .hierarchy import ClassHierarchy, HierarchyError
 
 __all__ = ["EvaluationError", "EvaluationResult", "normalize_image", "read_prediction", "write_prediction",
@@ -118,18 +116,8 @@ def write_prediction(path, labels, class_ids=None):
         table[ids] = M.instance_classes(labels, class_ids, ids)
         cmap = table[np.maximum(labels, 0)]
     arr = np.stack([labels, cmap], -1).astype(np.int32)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        os.close(fd)
-        tifffile.imwrite(tmp, arr, photometric="minisblack", planarconfig="contig", compression="zlib")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save(path, lambda tmp: tifffile.imwrite(tmp, arr, photometric="minisblack", planarconfig="contig",
+                                                          compression="zlib"))
 
 
 def find_datasets(data, split, dataset=None):
@@ -372,21 +360,6 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
     return EvaluationResult(summary, M.per_image_frame(counts, class_names), counts, class_names)
 
 
-def _atomic_write_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _json_value(v):
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -409,11 +382,11 @@ def write_results(result, out):
     stem = result.stem
     paths = dict(per_image=out / f"{stem}_per_image.csv", summary_csv=out / f"{stem}_summary.csv",
                  summary_json=out / f"{stem}_summary.json")
-    _atomic_write_text(paths["per_image"], result.per_image.to_csv(index=False))
-    _atomic_write_text(paths["summary_csv"], pd.DataFrame([result.summary]).to_csv(index=False))
-    doc = {k: _json_value(v) for k, v in result.summary.items()}
+    atomic_write_text(paths["per_image"], result.per_image.to_csv(index=False))
+    atomic_write_text(paths["summary_csv"], pd.DataFrame([result.summary]).to_csv(index=False))
+    doc = {k: _json_value(v) for k, v in result.summary.items()}  # nan -> null: NaN is not JSON
     doc["conventions"] = CONVENTIONS
-    _atomic_write_text(paths["summary_json"], json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(paths["summary_json"], doc)
     return paths
 
 
