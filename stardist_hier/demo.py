@@ -1,0 +1,321 @@
+"""The project's main job in miniature: ``stardist-hier demo``.
+
+On synthetic H&E data (:mod:`stardist_hier.synth`, made if absent), run four rows of the
+paper's protocol through the experiment runner (:mod:`stardist_hier.runner`):
+
+* Table II row 4: MoNuSAC only, tested on MoNuSAC (target-only training);
+* Table II row 6: PanNuke then MoNuSAC, tested on MoNuSAC (pre-train, then fine-tune);
+* Table III row 1: CoNSeP only, tested on MoNuSAC (domain generalisation baseline);
+* Table III row 2: CoNSeP then PanNuke, tested on MoNuSAC (the unseen dataset).
+
+Each test set is scored at its own label set (bPQ, mPQ, mPQ+, PQ); the table is printed
+beside the paper's rows and written to ``<out>/demo_table.{csv,md}``; the loss curves
+across the dataset switch (the paper's Fig. 3) and prediction overlays (Figs. 2 and 4) are
+written as PNGs. Runs live in ``<out>/runs/<row name>`` with the episode cache in
+``<out>/runs/cache``: a rerun with the same settings reuses every finished run, and an
+interrupted one continues from its last saved epoch.
+
+The numbers are synthetic and miniature (a small network, a few hundred steps): they show
+that the pipeline works end to end, not what the paper measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+__all__ = ["DEMO_ROWS", "DemoSettings", "DEFAULT", "QUICK", "demo_configs", "run_demo", "demo_table",
+           "format_demo_table", "write_figures", "BANNER"]
+
+#: (table, row) of the paper run by the demo, in order (III-1 and III-2 share their
+#: CoNSeP pre-training through the runner's cache)
+DEMO_ROWS = [(2, 4), (2, 6), (3, 1), (3, 2)]
+
+BANNER = ("SYNTHETIC, MINIATURE numbers: synthetic H&E tiles and a small network trained for a few hundred "
+          "steps on a CPU. They show the pipeline end to end; they are NOT comparable to the paper's PQ.")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo (every field is a command-line flag).
+
+    Attributes
+    ----------
+    size : int
+        Tile size of the synthetic data (pixels).
+    n_train, n_val, n_test : int
+        Tiles per split of each synthetic dataset.
+    epoch_factor : float
+        Each episode trains ``ceil(paper epochs * epoch_factor)`` epochs.
+    epochs : int or None
+        If set, every episode trains exactly this many epochs (overrides ``epoch_factor``).
+    steps_per_epoch, batch_size, patch_size, n_rays, unet_depth, unet_filters : int
+        Training and network sizes.
+    overlay_images : int
+        Test images per panel of the overlay figures.
+    """
+
+    size: int = 128
+    n_train: int = 48
+    n_val: int = 8
+    n_test: int = 16
+    epoch_factor: float = 0.06
+    epochs: int | None = None
+    steps_per_epoch: int = 20
+    batch_size: int = 4
+    patch_size: int = 128
+    n_rays: int = 32
+    unet_depth: int = 2
+    unet_filters: int = 32
+    overlay_images: int = 3
+
+    def check(self):
+        """Raise ``ValueError`` for sizes the runner cannot use."""
+        if self.size < 32:
+            raise ValueError(f"size must be at least 32, got {self.size}")
+        if self.patch_size > self.size:
+            raise ValueError(f"patch_size ({self.patch_size}) must not exceed the tile size ({self.size})")
+        div = 2 ** self.unet_depth * 2  # U-Net pooling times the grid of 2
+        if self.patch_size % div:
+            raise ValueError(f"patch_size must be divisible by {div} (U-Net depth {self.unet_depth}, grid 2)")
+        for k in ("n_train", "n_val", "n_test", "steps_per_epoch", "batch_size", "n_rays", "unet_depth",
+                  "unet_filters"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.epochs is None and not self.epoch_factor > 0:
+            raise ValueError(f"epoch_factor must be > 0, got {self.epoch_factor}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        return self
+
+
+#: the defaults (measured in BENCHMARKS.md: at most 15 minutes on 2 CPU cores)
+DEFAULT = DemoSettings()
+#: ``--quick``: about 2 minutes
+QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.012, steps_per_epoch=10,
+                     patch_size=96, n_rays=16, unet_filters=16, overlay_images=2)
+
+
+def demo_configs(settings, seed=0):
+    """The runner configs of :data:`DEMO_ROWS` at the demo's sizes."""
+    from .runner import make_row_config
+
+    s = settings
+    over = dict(
+        steps_per_epoch=s.steps_per_epoch, optimize_thresholds=False, reduce_lr=None, early_stopping_patience=None,
+        max_images=dict(train=None, val=None, test=None),
+        model=dict(n_rays=s.n_rays, grid=(2, 2), n_channel_in=3, unet_n_depth=s.unet_depth,
+                   unet_n_filter_base=s.unet_filters, net_conv_after_unet=2 * s.unet_filters,
+                   train_patch_size=(s.patch_size, s.patch_size), train_batch_size=s.batch_size,
+                   train_learning_rate=3e-4, train_reduce_lr=None, use_gpu=False),
+    )
+    cfgs = []
+    for table, row in DEMO_ROWS:
+        cfg = make_row_config((table, row), "smoke", seed, epoch_factor=s.epoch_factor, **over)
+        cfg["scale"] = "demo"
+        if s.epochs is not None:
+            for ep in cfg["episodes"]:
+                ep["epochs"] = int(s.epochs)
+        cfgs.append(cfg)
+    return cfgs
+
+
+def _unique_epochs(cfgs):
+    """Epochs the configs train at most (an episode shared through the cache counts once)."""
+    seen, total = set(), 0
+    for cfg in cfgs:
+        prefix = ()
+        for ep in cfg["episodes"]:
+            prefix += ((ep["dataset"], ep["epochs"]),)
+            if prefix not in seen:
+                seen.add(prefix)
+                total += ep["epochs"]
+    return total
+
+
+def run_demo(out, data=None, settings=None, seed=0, data_seed=0, progress=True, verbose=0, overwrite=False,
+             log=print):
+    """Generate the data if absent, run the demo rows, write the table and figures.
+
+    Parameters
+    ----------
+    out : path-like
+        Output folder: ``runs/``, ``demo_table.csv``, ``demo_table.md`` and the PNGs.
+    data : path-like, optional
+        Synthetic data root (default ``<out>/synthetic-data``); made if absent.
+    settings : DemoSettings, optional
+        Default :data:`DEFAULT`.
+    seed : int
+        Seed of the training (weights, patches, augmentation).
+    data_seed : int
+        Seed of the synthetic data.
+    progress : bool
+        Progress bars (data generation, epochs over all runs).
+    verbose : int
+        Runner verbosity (0: only a line per run; 1: a line per epoch; 2: Keras' bars).
+    overwrite : bool
+        Replace runs made with other settings in ``out`` (else that is an error).
+    log : callable
+        Where the lines of text go.
+
+    Returns
+    -------
+    dict
+        ``table`` (DataFrame), ``text`` (the printed table), ``figures`` (PNG paths),
+        ``runs`` (RunResult per row name), ``reused`` (row names found complete),
+        ``seconds``.
+    """
+    from tqdm import tqdm
+
+    from .paper_tables import get_row
+    from .report import run_status
+    from .runner import run_experiment
+    from .synth import generate_all
+
+    t0 = time.perf_counter()
+    settings = (settings or DEFAULT).check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(data) if data is not None else out / "synthetic-data"
+    counts = dict(train=settings.n_train, val=settings.n_val, test=settings.n_test)
+    log(BANNER)
+    log(f"data: synthetic pannuke/monusac/consep in {data} ({settings.n_train}/{settings.n_val}/{settings.n_test} "
+        f"tiles of {settings.size} px, seed {data_seed})")
+    generate_all(data, ["pannuke", "monusac", "consep"], counts=counts, size=settings.size, seed=data_seed,
+                 progress=progress)
+
+    cfgs = demo_configs(settings, seed)
+    runs_dir = out / "runs"
+    reused = [c["name"] for c in cfgs if run_status(runs_dir / c["name"]) == "done"]
+    todo_epochs = _unique_epochs([c for c in cfgs if c["name"] not in reused])
+    bar = tqdm(total=todo_epochs, desc="demo training", unit="epoch", disable=not progress or todo_epochs == 0)
+
+    def say(msg):
+        # through tqdm while a bar is shown, so the bar is not torn
+        (bar.write if progress and todo_epochs else log)(msg)
+
+    def tick(info):
+        bar.set_postfix_str(f"{info['run'][:24]} ep {info['episode']} {info['dataset']}", refresh=False)
+        bar.update(1)
+
+    runs = {}
+    for cfg in cfgs:
+        row = get_row(cfg["paper_row"]["table"], cfg["paper_row"]["row"])
+        eps = " -> ".join(f"{e['dataset']} {e['epochs']} ep" for e in cfg["episodes"])
+        if cfg["name"] in reused:
+            say(f"[{cfg['name']}] already complete: reusing {runs_dir / cfg['name']}")
+        r = run_experiment(cfg, data, runs_dir, verbose=verbose, overwrite=overwrite, on_epoch_end=tick)
+        runs[cfg["name"]] = r
+        if cfg["name"] not in reused:
+            msg = (f"[{cfg['name']}] {eps}, test {row.test}: done in {r.info['seconds']:.0f} s "
+                   f"({r.trained_epochs} epochs trained, the rest from the cache)")
+            say(msg)
+    bar.close()
+
+    table = demo_table(runs)
+    text = format_demo_table(table)
+    log("")
+    log(text)
+    table.to_csv(out / "demo_table.csv", index=False)
+    (out / "demo_table.md").write_text(format_demo_table(table, markdown=True) + "\n")
+    figures = write_figures(runs_dir, out, n_images=settings.overlay_images, data_root=data)
+    for f in figures:
+        log(f"figure: {f}")
+    seconds = time.perf_counter() - t0
+    log(f"demo: {len(cfgs)} runs ({len(reused)} reused) in {seconds:.0f} s -> {out}")
+    return dict(table=table, text=text, figures=figures, runs=runs, reused=reused, seconds=seconds)
+
+
+def demo_table(runs):
+    """One row per demo run: what was trained and tested, the paper's PQ and ours.
+
+    Parameters
+    ----------
+    runs : dict
+        Row name -> :class:`stardist_hier.runner.RunResult`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table``, ``row``, ``training`` (paper epochs), ``test``, ``paper PQ``, then
+        ``bPQ``, ``mPQ``, ``mPQ+``, ``PQ (CoNIC)`` of the synthetic miniature run (at the
+        test set's label set), ``epochs run`` and ``seconds``.
+    """
+    import pandas as pd
+
+    from .paper_tables import get_row
+
+    out = []
+    for name, r in runs.items():
+        pr = r.config["paper_row"]
+        row = get_row(pr["table"], pr["row"])
+        m = r.metrics[r.metrics["dataset"] == row.test].iloc[0]
+        out.append({
+            "table": {2: "II", 3: "III"}[row.table], "row": row.row,
+            "training (paper epochs)": " -> ".join(f"{d} {e}" for d, e in row.episodes),
+            "test": row.test, "paper PQ": row.pq,
+            "bPQ": float(m["bPQ_pannuke_tissue"]), "mPQ": float(m["mPQ_pannuke_tissue"]),
+            "mPQ+": float(m["mPQ+_conic"]), "PQ (CoNIC)": float(m["PQ_conic"]),
+            "epochs run": " + ".join(str(e["epochs"]) for e in r.config["episodes"]),
+            "seconds": float(r.info.get("seconds", float("nan"))),
+        })
+    return pd.DataFrame(out)
+
+
+def format_demo_table(table, markdown=False):
+    """The demo table as text (or markdown), under the synthetic-numbers banner."""
+    shown = table.copy()
+    for c in ("paper PQ", "bPQ", "mPQ", "mPQ+", "PQ (CoNIC)"):
+        shown[c] = [f"{v:.4f}" for v in shown[c]]
+    shown["seconds"] = [f"{v:.0f}" for v in shown["seconds"]]
+    note = ("paper PQ: the published value (real data, full training). bPQ/mPQ/mPQ+/PQ (CoNIC): this run, "
+            "synthetic data, miniature training, scored at the test set's own label set.")
+    if markdown:
+        head = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns)
+        body = "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in shown.itertuples(index=False))
+        return f"**{BANNER}**\n\n{head}\n{body}\n\n{note}"
+    return f"{BANNER}\n\n{shown.to_string(index=False)}\n\n{note}"
+
+
+def write_figures(runs_dir, out, n_images=3, data_root=None):
+    """The paper's Fig. 3 (loss curves) and Figs. 2 and 4 (overlays) for the demo runs.
+
+    Returns
+    -------
+    list of pathlib.Path
+        ``fig3_loss_curves.png``, ``fig2_overlays_monusac.png`` and
+        ``fig4_overlays_unseen_monusac.png`` in ``out``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .report import plot_loss_curves, plot_overlays
+
+    out = Path(out)
+    made = []
+    figs = [
+        ("fig3_loss_curves.png", lambda: plot_loss_curves(runs_dir, panels=(("a", 2, 4), ("b", 2, 6)))),
+        ("fig2_overlays_monusac.png", lambda: plot_overlays(runs_dir, panels=(("a", 2, 6), ("b", 2, 4)),
+                                                             n_images=n_images, data_root=data_root)),
+        ("fig4_overlays_unseen_monusac.png", lambda: plot_overlays(runs_dir, panels=(("a", 3, 2), ("b", 3, 1)),
+                                                                    n_images=n_images, data_root=data_root)),
+    ]
+    for name, make in figs:
+        fig = make()
+        fig.suptitle("synthetic data, miniature training (not the paper's numbers)", fontsize=9, color="#a00")
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        made.append(out / name)
+    return made
+
+
+def settings_from_args(args, quick=False):
+    """:class:`DemoSettings` from parsed flags: the preset (:data:`QUICK` or :data:`DEFAULT`)
+    with every flag that was given replacing its field."""
+    base = QUICK if quick else DEFAULT
+    given = {k: getattr(args, k) for k in asdict(base) if getattr(args, k, None) is not None}
+    return replace(base, **given)
