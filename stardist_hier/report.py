@@ -21,7 +21,7 @@ import numpy as np
 from .paper_tables import TABLE2, TABLE3, get_row
 
 __all__ = ["CONVENTIONS", "NOT_RUN", "find_runs", "run_status", "collect_table", "format_table",
-           "plot_loss_curves", "plot_overlays", "setup_notebook", "FIGURE_ROWS"]
+           "plot_loss_curves", "plot_overlays", "setup_notebook", "run_summary", "FIGURE_ROWS"]
 
 #: reproduced columns: (column label, metrics.csv key). The paper reports one "PQ" (Eq. 5)
 #: without saying how it is averaged, so every convention is shown.
@@ -119,7 +119,8 @@ def collect_table(results_dir, table):
 def format_table(df, as_text=False, digits=4):
     """The table for display: numbers with ``digits`` decimals, missing values as :data:`NOT_RUN`.
 
-    Returns a pandas Styler (notebooks) or, with ``as_text``, a string.
+    Returns a DataFrame of strings (a notebook shows it as an HTML table) or, with
+    ``as_text``, a string.
     """
     shown = df.copy()
     num = [c for c in shown.columns if c == "paper PQ" or any(c in (lab, f"Δ {lab}") for lab, _ in CONVENTIONS)]
@@ -130,8 +131,7 @@ def format_table(df, as_text=False, digits=4):
     shown = shown.fillna("-")
     if as_text:
         return shown.to_string(index=False)
-    return shown.style.hide(axis="index").map(
-        lambda v: "color: #999; font-style: italic" if v == NOT_RUN else "", subset=num)
+    return shown.set_index("row")
 
 
 # ----------------------------------------------------------------------------------------
@@ -142,6 +142,19 @@ def _run_dir_of(results_dir, table, row):
     r = get_row(table, row)
     d = Path(results_dir) / r.name
     return r, (d if run_status(d) == "done" else None)
+
+
+def _panel_title(label, r, run_dir):
+    """``(a) pannuke 250 -> monusac 130`` (paper epochs), plus the epochs actually run."""
+    title = f"({label}) " + " -> ".join(f"{ds} {e}" for ds, e in r.episodes)
+    if run_dir is not None:
+        import yaml
+
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        run = " + ".join(str(e["epochs"]) for e in cfg.get("episodes", []))
+        if run != " + ".join(str(e) for _, e in r.episodes):
+            title += f" [paper epochs; run: {run}]"
+    return title
 
 
 def _placeholder(ax, text):
@@ -169,8 +182,7 @@ def plot_loss_curves(results_dir, panels=(("a", 2, 4), ("b", 2, 6)), figsize=(11
     fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
     for ax, (label, table, row) in zip(axes[0], panels):
         r, d = _run_dir_of(results_dir, table, row)
-        title = f"({label}) " + " -> ".join(f"{ds} {e}" for ds, e in r.episodes)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_panel_title(label, r, d), fontsize=10)
         if d is None:
             _placeholder(ax, f"{r.name}: {NOT_RUN}")
             continue
@@ -224,7 +236,7 @@ def plot_overlays(results_dir, panels=(("a", 2, 6), ("b", 2, 4)), n_images=3, da
     fig, axes = plt.subplots(len(panels), n_images, figsize=figsize, squeeze=False)
     for axrow, (label, table, row) in zip(axes, panels):
         r, d = _run_dir_of(results_dir, table, row)
-        name = f"({label}) " + " -> ".join(f"{ds} {e}" for ds, e in r.episodes) + f", test {r.test}"
+        name = _panel_title(label, r, d) + f", test {r.test}"
         if d is None:
             for ax in axrow:
                 _placeholder(ax, NOT_RUN)
@@ -284,12 +296,12 @@ def setup_notebook(data_root=None, scale=None, results_dir=None, run_missing=Non
         ``data_root``, ``scale``, ``results_dir``, ``synthetic`` (bool) and ``banner``
         (markdown text to show at the top of the notebook).
     """
-    synthetic = data_root is None
+    synthetic = data_root is None or _is_synthetic(data_root)
     scale = scale or ("smoke" if synthetic else "paper")
     if results_dir is None:
         results_dir = Path("results") / ("smoke-synthetic" if synthetic else scale)
     results_dir = Path(results_dir)
-    if synthetic:
+    if data_root is None:
         data_root = results_dir / "synthetic-data"
     if run_missing is None:
         run_missing = synthetic
@@ -297,15 +309,16 @@ def setup_notebook(data_root=None, scale=None, results_dir=None, run_missing=Non
         from .paper_tables import ROWS
         from .runner import ensure_synthetic, run_rows
 
-        if synthetic:
+        if synthetic and not _is_synthetic(data_root):
             ensure_synthetic(data_root)
         todo = [r for r in ([get_row(*x) for x in rows] if rows else ROWS)
                 if run_status(results_dir / r.name) != "done"]
         if todo:
             run_rows(todo, data_root, results_dir, scale=scale, verbose=verbose)
     if synthetic:
-        banner = (f"**SYNTHETIC DATA, {scale.upper()} SCALE.** No real data root was given, so these results come "
-                  f"from the synthetic stand-in datasets in `{data_root}` with the `{scale}` configuration. "
+        banner = (f"**SYNTHETIC DATA, {scale.upper()} SCALE.** No real data: these results come from the "
+                  f"synthetic stand-in datasets in `{data_root}` with the `{scale}` configuration "
+                  f"(runs in `{results_dir}`). "
                   "They exercise the pipeline; they are **not** comparable to the paper's numbers.")
     else:
         banner = f"Real data from `{data_root}`, scale `{scale}`, runs in `{results_dir}`."
@@ -313,6 +326,11 @@ def setup_notebook(data_root=None, scale=None, results_dir=None, run_missing=Non
             banner += " **Not the paper's scale: numbers are not comparable to the paper's.**"
     return dict(data_root=str(data_root), scale=scale, results_dir=str(results_dir), synthetic=synthetic,
                 banner=banner)
+
+
+def _is_synthetic(root):
+    """True if the data root holds the synthetic stand-ins (``stardist-hier synth`` writes synth.json)."""
+    return any((Path(root) / ds / "synth.json").is_file() for ds in ("pannuke", "monusac", "consep"))
 
 
 def run_summary(results_dir):

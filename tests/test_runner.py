@@ -1,0 +1,160 @@
+"""Experiment runner: paper rows at smoke scale on tiny synthetic data, shared pre-trainings,
+resume after an interruption, reproducible history, missing-data messages, row scripts."""
+
+import runpy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stardist_hier.paper_tables import ROWS, TABLE2, TABLE3, check_row, get_row
+from stardist_hier.runner import MissingDataError, make_row_config, normalize_config, run_experiment
+
+from experiment_data import TINY_MODEL, TINY_RUN, make_tiny_data
+
+pytest.importorskip("tensorflow")
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+LOSSES = ["loss", "val_loss", "prob_loss", "dist_loss", "prob_class_loss", "val_prob_loss", "val_dist_loss",
+          "val_prob_class_loss", "lr"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def shared_runs(data, tmp_path_factory):
+    """Table III row 6 (MoNuSAC -> PanNuke, test CoNSeP), then Table II row 4 (MoNuSAC only):
+    the second reuses the first's MoNuSAC pre-training."""
+    out = tmp_path_factory.mktemp("results")
+    t3 = run_experiment(make_row_config((3, 6), "smoke", **TINY_RUN), data, out, verbose=0)
+    t2 = run_experiment(make_row_config((2, 4), "smoke", **TINY_RUN), data, out, verbose=0)
+    return dict(out=out, t3=t3, t2=t2)
+
+
+def test_rows_of_each_table_run_and_write_a_run_folder(shared_runs):
+    t3 = shared_runs["t3"]
+    d = t3.run_dir
+    assert d.name == "table3_row6_monusac_then_pannuke_test_consep"
+    for f in ("config.yaml", "history.csv", "metrics.csv", "run.json", "model/config.json", "model/weights_best.h5",
+              "model/hierarchy.yaml", "eval/consep_test_summary.csv"):
+        assert (d / f).is_file(), f
+    assert not list(d.glob(".*")), "temporary files left behind"
+    h = pd.read_csv(d / "history.csv")
+    assert list(h["dataset"]) == ["monusac", "pannuke"] and list(h["episode"]) == [1, 2]
+    assert list(h["epoch"]) == [1, 2] and {"val_loss_monusac", "val_loss_pannuke"} <= set(h.columns)
+    assert np.isfinite(h[LOSSES].to_numpy()).all()
+    m = pd.read_csv(d / "metrics.csv")
+    assert list(m["dataset"]) == ["consep"] and m.loc[0, "label_set"] == "consep"
+    assert m.loc[0, "paper_pq"] == pytest.approx(0.4485)
+    for key in ("bPQ_pannuke_tissue", "mPQ_pannuke_tissue", "PQ_conic", "mPQ+_conic"):
+        assert 0 <= m.loc[0, key] <= 1 or np.isnan(m.loc[0, key])
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert cfg["episodes"][0]["paper_epochs"] == 175 and cfg["model"]["n_rays"] == 8
+    assert cfg["splits_used"]["consep"] == {"test": "test"} and cfg["paper_row"]["table"] == 3
+    # the model folder loads in stock StarDist too
+    from stardist.models import StarDist2D
+
+    stock = StarDist2D(None, "model", str(d))
+    assert stock.config.n_classes == 12
+    t2 = shared_runs["t2"]
+    assert t2.metrics.loc[0, "dataset"] == "monusac" and t2.run_dir.name == "table2_row4_monusac_only"
+
+
+def test_shared_pretraining_is_reused(shared_runs):
+    t3, t2 = shared_runs["t3"], shared_runs["t2"]
+    assert t3.trained_epochs == 2 and t2.trained_epochs == 0
+    assert t2.info["episodes"][0]["reused"] and t2.info["episodes"][0]["cache"] == t3.info["episodes"][0]["cache"]
+    assert t2.history["reused"].all() and not t3.history["reused"].any()
+    pd.testing.assert_frame_equal(t2.history[LOSSES].iloc[:1], t3.history[LOSSES].iloc[:1])
+    episodes = sorted(p.name for p in (shared_runs["out"] / "cache").iterdir())
+    assert len(episodes) == 2 and episodes[0].startswith("1-monusac-1ep-") and episodes[1].startswith("2-pannuke-1ep-")
+    # a finished run is not run again
+    again = run_experiment(make_row_config((2, 4), "smoke", **TINY_RUN), t2.config["data_root"], shared_runs["out"],
+                           verbose=0)
+    assert again.info == t2.info
+
+
+def _single(name, epochs=2):
+    return normalize_config(dict(name=name, episodes=[dict(dataset="consep", epochs=epochs)], test=["consep"],
+                                 steps_per_epoch=2, model=TINY_MODEL, seed=3, augment={}))
+
+
+@pytest.fixture(scope="module")
+def fresh_twice(data, tmp_path_factory):
+    a = run_experiment(_single("repro"), data, tmp_path_factory.mktemp("a"), verbose=0)
+    b = run_experiment(_single("repro"), data, tmp_path_factory.mktemp("b"), verbose=0)
+    return a, b
+
+
+def test_same_seed_reproduces_history(fresh_twice):
+    a, b = fresh_twice
+    assert len(a.history) == 2 and a.trained_epochs == b.trained_epochs == 2
+    pd.testing.assert_frame_equal(a.history[LOSSES], b.history[LOSSES])
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
+
+
+def test_interrupted_run_resumes_from_last_saved_epoch(data, tmp_path, fresh_twice):
+    class Stop(Exception):
+        pass
+
+    def interrupt(info):
+        if info["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(_single("repro"), data, tmp_path, verbose=0, on_epoch_end=interrupt)
+    run_dir = tmp_path / "repro"
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "run.json").exists()
+    ckpt = next((tmp_path / "cache").iterdir()) / "checkpoint"
+    assert sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == [
+        "history_00001.csv", "optimizer_00001.npz", "state.json", "weights_best_00001.h5", "weights_last_00001.h5"]
+    seen = []
+    resumed = run_experiment(_single("repro"), data, tmp_path, verbose=0, on_epoch_end=seen.append)
+    assert [s["epoch"] for s in seen] == [2] and resumed.trained_epochs == 1
+    assert list(resumed.history["episode_epoch"]) == [1, 2]
+    # the epoch before the interruption is the one an uninterrupted run trains
+    pd.testing.assert_frame_equal(resumed.history[LOSSES].iloc[:1], fresh_twice[0].history[LOSSES].iloc[:1])
+    assert not ckpt.exists(), "the checkpoint folder is removed once the episode is done"
+
+
+def test_missing_data_is_reported_before_training(tmp_path):
+    root = make_tiny_data(tmp_path / "data", datasets=("consep",))
+    out = tmp_path / "out"
+    with pytest.raises(MissingDataError) as e:
+        run_experiment(make_row_config((2, 3), "smoke", **TINY_RUN), root, out, verbose=0)
+    msg = str(e.value)
+    assert "dataset 'pannuke' is not prepared" in msg and "nothing was trained" in msg
+    assert f"stardist-hier prepare pannuke --src <folder of the pannuke download> --out {root.resolve()}" in msg
+    assert not out.exists() or not any(out.rglob("*.h5"))
+    (root / "consep" / "test" / "masks" / "consep_test_00001.tif").unlink()
+    with pytest.raises(MissingDataError, match=r"split 'test' of 'consep' is incomplete: 1 of 2 patches"):
+        run_experiment(dict(_single("x"), episodes=[dict(dataset="consep", epochs=1)]), root, out, verbose=0)
+    shutil.rmtree(root / "consep" / "val")
+    with pytest.raises(MissingDataError, match=r"lacks split\(s\) for train/val/test .*found \['test', 'train'\]"):
+        run_experiment(make_row_config((2, 1), "smoke", **TINY_RUN), root, out, verbose=0)
+    with pytest.raises(MissingDataError, match="dataset 'lizzard' has no label set"):
+        run_experiment(dict(_single("x"), test=["lizzard"]), root, out, verbose=0)
+
+
+def test_paper_tables_and_row_scripts():
+    assert len(TABLE2) == 9 and len(TABLE3) == 8 and len(ROWS) == 17
+    assert get_row(2, 6).episodes == [("pannuke", 250), ("monusac", 130)] and get_row(3, 1).finetune is None
+    scripts = sorted(p.name for p in EXPERIMENTS.glob("table*_row*.py"))
+    assert scripts == sorted(f"{r.name}.py" for r in ROWS)
+    for r in ROWS:
+        row = runpy.run_path(str(EXPERIMENTS / f"{r.name}.py"), run_name="not_main")["ROW"]
+        assert check_row(**row) == r
+    with pytest.raises(ValueError, match="Table 2 row 1 is"):
+        check_row(2, 1, ("consep", 99), None, "consep", 0.5404)
+    paper = make_row_config((2, 6), "paper")
+    assert [e["epochs"] for e in paper["episodes"]] == [250, 130] and paper["model"]["n_rays"] == 64
+    smoke = make_row_config((2, 6), "smoke")
+    assert [e["epochs"] for e in smoke["episodes"]] == [5, 3]
+    with pytest.raises(ValueError, match="unknown key"):
+        normalize_config(dict(_single("x"), epochz=3))
