@@ -544,8 +544,49 @@ def _episode_key(cfg, data_root, index):
                 max_images=dict(train=cfg["max_images"]["train"], val=cfg["max_images"]["val"]), hierarchy=h)
 
 
-class _Interrupted(Exception):
-    pass
+def update_monitor_state(state, monitor, epoch, lr, cfg):
+    """Best validation loss, learning-rate plateau and early stopping after one epoch.
+
+    The state lives in the checkpoint (``state.json``), so a resumed episode continues the
+    counts instead of restarting them as fresh Keras callbacks would.
+
+    Parameters
+    ----------
+    state : dict
+        ``best``, ``best_epoch``, ``wait`` (epochs since the best), ``lr_wait`` (epochs
+        since the best or the last reduction), ``stopped_early``; updated in place.
+    monitor : float
+        This epoch's validation loss.
+    epoch : int
+        This epoch (1-based, within the episode).
+    lr : float
+        Current learning rate.
+    cfg : dict
+        Run config (``reduce_lr``, ``early_stopping_patience``).
+
+    Returns
+    -------
+    improved : bool
+    new_lr : float or None
+        The reduced learning rate, if it is reduced now.
+    stop : bool
+    """
+    improved = bool(np.isfinite(monitor) and monitor < state["best"])
+    if improved:
+        state.update(best=float(monitor), best_epoch=int(epoch), wait=0, lr_wait=0)
+    else:
+        state["wait"] += 1
+        state["lr_wait"] += 1
+    new_lr = None
+    rl = cfg.get("reduce_lr")
+    if rl and not improved and state["lr_wait"] >= int(rl["patience"]):
+        new_lr = max(lr * float(rl["factor"]), float(rl.get("min_lr", 0.0)))
+        state["lr_wait"] = 0
+    pat = cfg.get("early_stopping_patience")
+    stop = pat is not None and state["wait"] >= pat
+    if stop:
+        state["stopped_early"] = True
+    return improved, new_lr, stop
 
 
 def _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoch_end):
@@ -570,25 +611,17 @@ def _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoc
                 row[k] = float(logs[k]) if k in logs else float("nan")
             rows.append(row)
             monitor = row["val_loss"]
-            improved = np.isfinite(monitor) and monitor < state["best"]
+            improved, new_lr, stop = update_monitor_state(state, monitor, e, lr, cfg)
             files = dict(state.get("files") or {})
             if improved:
-                state.update(best=float(monitor), best_epoch=e, wait=0, lr_wait=0)
                 files["best"] = f"weights_best_{e:05d}.h5"
                 _save_weights(model, ckpt / files["best"])
-            else:
-                state["wait"] += 1
-                state["lr_wait"] += 1
-            rl = cfg["reduce_lr"]
-            if rl and not improved and state["lr_wait"] >= int(rl["patience"]):
-                new = max(lr * float(rl["factor"]), float(rl.get("min_lr", 0.0)))
-                opt.learning_rate.assign(new)
-                state["lr_wait"] = 0
-                _log(f"    reducing learning rate to {new:.3g}", verbose)
-            pat = cfg["early_stopping_patience"]
-            if pat is not None and state["wait"] >= pat:
+            if new_lr is not None:
+                opt.learning_rate.assign(new_lr)
+                _log(f"    reducing learning rate to {new_lr:.3g}", verbose)
+            if stop:
                 self.model.stop_training = True
-                state["stopped_early"] = True
+                _log(f"    early stopping: val_loss has not improved for {state['wait']} epochs", verbose)
             files["last"] = f"weights_last_{e:05d}.h5"
             files["optimizer"] = f"optimizer_{e:05d}.npz"
             _save_weights(model, ckpt / files["last"])
@@ -922,7 +955,7 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
         ds = cfg["episodes"][-1]["dataset"]
         va = _select_ids(data_root, ds, splits[ds]["val"], cfg["max_images"]["val"], cfg["seed"])
         Xv, Yv, _ = load_images(data_root, ds, splits[ds]["val"], h.label_set(ds), va)
-        final.optimize_thresholds(Xv, Yv, verbose=verbose >= 2)
+        final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
     metrics = _evaluate(final, cfg, data_root, run_dir, verbose)
     if cfg.get("paper_row"):
         metrics.insert(3, "paper_pq", cfg["paper_row"]["pq"])

@@ -158,3 +158,24 @@ def test_paper_tables_and_row_scripts():
     assert [e["epochs"] for e in smoke["episodes"]] == [5, 3]
     with pytest.raises(ValueError, match="unknown key"):
         normalize_config(dict(_single("x"), epochz=3))
+
+
+def test_monitor_state_plateau_and_early_stopping():
+    from stardist_hier.runner import update_monitor_state
+
+    cfg = dict(reduce_lr=dict(factor=0.5, patience=2, min_lr=1e-4), early_stopping_patience=3)
+    state = dict(best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False)
+    lr, seen = 1e-3, []
+    for epoch, loss in enumerate([3.0, 2.0, 2.5, 2.6, 2.7, 1.0], 1):
+        improved, new_lr, stop = update_monitor_state(state, loss, epoch, lr, cfg)
+        lr = new_lr or lr
+        seen.append((improved, new_lr, stop))
+        if stop:
+            break
+    assert seen == [(True, None, False), (True, None, False), (False, None, False), (False, 5e-4, False),
+                    (False, None, True)]
+    assert state["best"] == 2.0 and state["best_epoch"] == 2 and state["stopped_early"]
+    # NaN never counts as an improvement
+    s2 = dict(best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False)
+    assert update_monitor_state(s2, float("nan"), 1, 1e-3, dict(reduce_lr=None, early_stopping_patience=None)) == (
+        False, None, False)
