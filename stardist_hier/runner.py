@@ -15,6 +15,7 @@ A run is described by a config (a dict, saved as ``config.yaml``)::
     reduce_lr: {factor: 0.5, patience: 40, min_lr: 0.0}   # or null
     restore_best: true                 # end each episode with its best-val_loss weights
     optimize_thresholds: true          # tune prob/NMS thresholds on the last episode's val split
+    threshold_max_images: 200          # ... on at most this many of its images (null: all)
     max_images: {train: null, val: null, test: null}      # null = the whole split
     splits: auto                       # or {dataset: {train: .., val: .., test: ..}}
     hierarchy: default
@@ -118,7 +119,7 @@ SCALES = {
                    net_conv_after_unet=128, train_patch_size=(256, 256), train_batch_size=8,
                    train_learning_rate=3e-4, train_reduce_lr=None, use_gpu=False),
         steps_per_epoch=100, epoch_factor=1.0, reduce_lr=dict(factor=0.5, patience=40, min_lr=0.0),
-        early_stopping_patience=None, optimize_thresholds=True,
+        early_stopping_patience=None, optimize_thresholds=True, threshold_max_images=200,
         max_images=dict(train=None, val=None, test=None),
     ),
     "smoke": dict(
@@ -126,7 +127,7 @@ SCALES = {
                    net_conv_after_unet=32, train_patch_size=(64, 64), train_batch_size=4,
                    train_learning_rate=3e-3, train_reduce_lr=None, use_gpu=False),
         steps_per_epoch=50, epoch_factor=0.02, reduce_lr=None, early_stopping_patience=None,
-        optimize_thresholds=False, max_images=dict(train=16, val=4, test=8),
+        optimize_thresholds=False, threshold_max_images=None, max_images=dict(train=16, val=4, test=8),
     ),
 }
 
@@ -251,6 +252,7 @@ def make_row_config(row, scale="paper", seed=0, **overrides):
         test=[row.test],
         steps_per_epoch=s["steps_per_epoch"], early_stopping_patience=s["early_stopping_patience"],
         reduce_lr=deepcopy(s["reduce_lr"]), restore_best=True, optimize_thresholds=s["optimize_thresholds"],
+        threshold_max_images=s["threshold_max_images"],
         max_images=dict(s["max_images"]), splits="auto", hierarchy="default",
         model=dict(s["model"]), augment=AugmentConfig().to_dict(),
         paper_row=dict(table=row.table, row=row.row, pq=row.pq, description=row.describe()),
@@ -260,7 +262,7 @@ def make_row_config(row, scale="paper", seed=0, **overrides):
 
 _CONFIG_KEYS = {"name", "scale", "seed", "episodes", "test", "steps_per_epoch", "early_stopping_patience", "reduce_lr",
                 "restore_best", "optimize_thresholds", "max_images", "splits", "hierarchy", "model", "augment",
-                "paper_row", "deterministic"}
+                "paper_row", "deterministic", "threshold_max_images"}
 
 
 def normalize_config(cfg):
@@ -307,6 +309,8 @@ def normalize_config(cfg):
     cfg["reduce_lr"] = rl
     cfg["restore_best"] = bool(cfg.get("restore_best", True))
     cfg["optimize_thresholds"] = bool(cfg.get("optimize_thresholds", False))
+    tmi = cfg.get("threshold_max_images")
+    cfg["threshold_max_images"] = None if tmi is None else int(tmi)
     cfg["deterministic"] = bool(cfg.get("deterministic", False))
     mi = dict(train=None, val=None, test=None)
     mi.update(cfg.get("max_images") or {})
@@ -953,7 +957,8 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
         final = HierStarDist2D(None, "model", str(run_dir))
     if cfg["optimize_thresholds"]:
         ds = cfg["episodes"][-1]["dataset"]
-        va = _select_ids(data_root, ds, splits[ds]["val"], cfg["max_images"]["val"], cfg["seed"])
+        n_max = min(n for n in (cfg["max_images"]["val"], cfg["threshold_max_images"], 10**9) if n is not None)
+        va = _select_ids(data_root, ds, splits[ds]["val"], n_max, cfg["seed"])
         Xv, Yv, _ = load_images(data_root, ds, splits[ds]["val"], h.label_set(ds), va)
         final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
     metrics = _evaluate(final, cfg, data_root, run_dir, verbose)
