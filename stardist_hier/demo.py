@@ -93,7 +93,7 @@ class DemoSettings:
 #: the defaults (measured in BENCHMARKS.md: at most 15 minutes on 2 CPU cores)
 DEFAULT = DemoSettings()
 #: ``--quick``: about 2 minutes
-QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.012, steps_per_epoch=10,
+QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.008, steps_per_epoch=25,
                      patch_size=96, n_rays=16, unet_filters=16, overlay_images=2)
 
 
@@ -303,14 +303,33 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
         ("fig4_overlays_unseen_monusac.png", lambda: plot_overlays(runs_dir, panels=(("a", 3, 2), ("b", 3, 1)),
                                                                     n_images=n_images, data_root=data_root)),
     ]
+    trained = _epochs_note(runs_dir)
     for name, make in figs:
         fig = make()
-        fig.suptitle("synthetic data, miniature training (not the paper's numbers)", fontsize=9, color="#a00")
+        # the panel titles (report.py) name the paper's epochs; say what was trained here
+        fig.suptitle("synthetic data, miniature training (not the paper's numbers); panel titles give the paper's "
+                     f"epochs, trained here: {trained}", fontsize=8, color="#a00")
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         made.append(out / name)
     return made
+
+
+def _epochs_note(runs_dir):
+    """``II-4: 11, II-6: 15+8, ...``: epochs each demo run trained (from its config)."""
+    import yaml
+
+    from .paper_tables import get_row
+
+    parts = []
+    for table, row in DEMO_ROWS:
+        cfg_path = Path(runs_dir) / get_row(table, row).name / "config.yaml"
+        if cfg_path.is_file():
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+            eps = "+".join(str(e["epochs"]) for e in cfg.get("episodes", []))
+            parts.append(f"{'II' if table == 2 else 'III'}-{row}: {eps}")
+    return ", ".join(parts) or "?"
 
 
 def settings_from_args(args, quick=False):
