@@ -536,7 +536,6 @@ def summarize_claim(df):
 
 def format_claim_table(summary, markdown=True):
     """The summary as a markdown (or plain) table with ``mean ± sd`` cells."""
-    cols = ["target", "source", "variant"] + [c for c, _ in METRICS] + ["Δbpq", "Δmpq", "wins", "train s"]
     head = ["target", "source", "variant"] + [c for c, _ in METRICS] + ["ΔbPQ vs (a)", "ΔmPQ vs (a)",
                                                                          "seeds > (a) in mPQ", "train s"]
     lines = []
@@ -547,7 +546,6 @@ def format_claim_table(summary, markdown=True):
                   ("-" if r["variant"].startswith("(a)") else f"{r['ΔmPQ vs (a)']:+.4f}"),
                   ("-" if r["variant"].startswith("(a)") else r["seeds beating (a) in mPQ"]), f"{r['train s']:.0f}"]
         lines.append(cells)
-    del cols
     if markdown:
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                          + ["| " + " | ".join(map(str, c)) + " |" for c in lines])

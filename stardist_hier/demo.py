@@ -15,7 +15,7 @@ written as PNGs. Runs live in ``<out>/runs/<row name>`` with the episode cache i
 ``<out>/runs/cache``: a rerun with the same settings reuses every finished run, and an
 interrupted one continues from its last saved epoch.
 
-The numbers are synthetic and miniature (a small network, a few hundred steps): they show
+The numbers are synthetic and miniature (a small network, up to about a thousand training steps): they show
 that the pipeline works end to end, not what the paper measured.
 """
 
@@ -32,8 +32,8 @@ __all__ = ["DEMO_ROWS", "DemoSettings", "DEFAULT", "QUICK", "demo_configs", "run
 #: CoNSeP pre-training through the runner's cache)
 DEMO_ROWS = [(2, 4), (2, 6), (3, 1), (3, 2)]
 
-BANNER = ("SYNTHETIC, MINIATURE numbers: synthetic H&E tiles and a small network trained for a few hundred "
-          "steps on a CPU. They show the pipeline end to end; they are NOT comparable to the paper's PQ.")
+BANNER = ("SYNTHETIC, MINIATURE numbers: synthetic H&E tiles and a small network trained for minutes on a CPU. "
+          "They show the pipeline end to end; they are NOT comparable to the paper's PQ.")
 
 
 @dataclass
@@ -59,10 +59,10 @@ class DemoSettings:
     size: int = 128
     n_train: int = 48
     n_val: int = 8
-    n_test: int = 16
-    epoch_factor: float = 0.06
+    n_test: int = 24
+    epoch_factor: float = 0.08
     epochs: int | None = None
-    steps_per_epoch: int = 20
+    steps_per_epoch: int = 25
     batch_size: int = 4
     patch_size: int = 128
     n_rays: int = 32
