@@ -29,7 +29,8 @@ Run folder ``<out>/<name>/``:
   with stock ``StarDist2D``);
 * ``history.csv``: one row per epoch: ``epoch`` (over the whole run), ``episode``,
   ``dataset``, ``episode_epoch``, the training and validation losses, ``lr``, ``seconds``
-  and ``reused`` (the epoch came from a shared pre-training trained by an earlier run);
+  and ``reused`` (the episode was found finished in the cache: trained by another run that
+  shares it, or by this run before an interruption);
 * ``metrics.csv``: one row per test dataset, every convention of
   :mod:`stardist_hier.evaluation`; ``eval/`` the per-image CSVs;
 * ``run.json``: written last: the run is complete.
