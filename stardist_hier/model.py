@@ -472,15 +472,14 @@ class HierStarDist2D(StarDist2D):
             return labels, details
         if per_instance:
             details["class_prob"] = self._instance_class_prob(labels, prob, prob_class, details["class_prob"], scale)
-            details["class_id"] = 1 + np.argmax(details["class_prob"][:, 1:], axis=-1) if len(labels) else \
-                np.zeros(0, int)
+            details["class_id"] = 1 + np.argmax(details["class_prob"][:, 1:], axis=-1)
         details["leaf_class_id"] = np.asarray(details["class_id"], int)
         if label_set is not None:
             collapsed = label_set.collapse(details["class_prob"])
             details["label_set_prob"] = collapsed
             details["label_set"] = label_set.name
             if per_instance:
-                details["class_id"] = 1 + np.argmax(collapsed[:, 1:], axis=-1) if len(collapsed) else np.zeros(0, int)
+                details["class_id"] = 1 + np.argmax(collapsed[:, 1:], axis=-1)
             else:
                 details["class_id"] = np.argmax(collapsed, axis=-1)
         if not return_labels:

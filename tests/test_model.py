@@ -163,6 +163,10 @@ def test_predict_instances_per_instance_rule_and_label_set(trained):
     np.testing.assert_array_equal(leaf["class_id"], det["leaf_class_id"])
     with pytest.raises(HierarchyError, match="unknown label set 'pannuk'"):
         model.predict_instances(img, label_set="pannuk")
+    # no instance at all: empty, well-shaped details
+    labels, none = model.predict_instances(img, label_set="pannuke", prob_thresh=0.99999)
+    assert labels.max() == 0 and none["class_prob"].shape == (0, 13) and none["class_id"].shape == (0,)
+    assert none["label_set_prob"].shape == (0, 6)
 
 
 def test_bad_training_input_gives_clear_errors(trained):
