@@ -15,7 +15,7 @@ written as PNGs. Runs live in ``<out>/runs/<row name>`` with the episode cache i
 ``<out>/runs/cache``: a rerun with the same settings reuses every finished run, and an
 interrupted one continues from its last saved epoch.
 
-The numbers are synthetic and miniature (a small network, up to about a thousand training steps): they show
+The numbers are synthetic and miniature (a small network, at most a few thousand training steps): they show
 that the pipeline works end to end, not what the paper measured.
 """
 
@@ -60,7 +60,7 @@ class DemoSettings:
     n_train: int = 48
     n_val: int = 8
     n_test: int = 24
-    epoch_factor: float = 0.08
+    epoch_factor: float = 0.2
     epochs: int | None = None
     steps_per_epoch: int = 25
     batch_size: int = 4
@@ -93,7 +93,7 @@ class DemoSettings:
 #: the defaults (measured in BENCHMARKS.md: at most 15 minutes on 2 CPU cores)
 DEFAULT = DemoSettings()
 #: ``--quick``: about 2 minutes
-QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.008, steps_per_epoch=25,
+QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.04, steps_per_epoch=25,
                      patch_size=96, n_rays=16, unet_filters=16, overlay_images=2)
 
 
@@ -303,33 +303,14 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
         ("fig4_overlays_unseen_monusac.png", lambda: plot_overlays(runs_dir, panels=(("a", 3, 2), ("b", 3, 1)),
                                                                     n_images=n_images, data_root=data_root)),
     ]
-    trained = _epochs_note(runs_dir)
     for name, make in figs:
         fig = make()
-        # the panel titles (report.py) name the paper's epochs; say what was trained here
-        fig.suptitle("synthetic data, miniature training (not the paper's numbers); panel titles give the paper's "
-                     f"epochs, trained here: {trained}", fontsize=8, color="#a00")
+        fig.suptitle("synthetic data, miniature training (not the paper's numbers)", fontsize=9, color="#a00")
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         made.append(out / name)
     return made
-
-
-def _epochs_note(runs_dir):
-    """``II-4: 11, II-6: 15+8, ...``: epochs each demo run trained (from its config)."""
-    import yaml
-
-    from .paper_tables import get_row
-
-    parts = []
-    for table, row in DEMO_ROWS:
-        cfg_path = Path(runs_dir) / get_row(table, row).name / "config.yaml"
-        if cfg_path.is_file():
-            cfg = yaml.safe_load(cfg_path.read_text()) or {}
-            eps = "+".join(str(e["epochs"]) for e in cfg.get("episodes", []))
-            parts.append(f"{'II' if table == 2 else 'III'}-{row}: {eps}")
-    return ", ".join(parts) or "?"
 
 
 def settings_from_args(args, quick=False):
