@@ -3,7 +3,8 @@
 Same process, same network configuration, same images and instances, interleaved rounds:
 
 * training step: ``keras_model.train_on_batch`` on a fixed, pre-generated batch (the
-  stock one-hot class target versus the packed hierarchical target);
+  stock one-hot class target versus the packed hierarchical target), the models taking
+  turns step by step; median and fastest step;
 * data generator: batches per second of ``StarDistData2D`` versus ``HierStarDistData2D``
   (patch sampling, star distances and class targets).
 
@@ -61,7 +62,7 @@ def main(argv=None):
     p.add_argument("--grid", type=int, default=2)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--filters", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5, help="train steps per timing")
+    p.add_argument("--steps", type=int, default=8, help="training steps per model per round")
     p.add_argument("--gen-batches", type=int, default=10, help="generator batches per timing")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="128 px, 16 rays, 3 rounds")
@@ -103,21 +104,28 @@ def main(argv=None):
     batches = {name: g[0] for name, g in gens.items()}
     models = {"stock": stock, "hier_consep": hier, "hier_pannuke": hier}
 
-    def train_steps(name):
+    def train_step(name):
         x, y = batches[name]
         m = models[name]
-        return lambda: [m.keras_model.train_on_batch(x, y) for _ in range(args.steps)]
+        return lambda: m.keras_model.train_on_batch(x, y)
 
     def generate(name):
         g = gens[name]
         return lambda: [g[i] for i in range(args.gen_batches)]
 
     for name in models:  # warm-up: graph tracing
-        train_steps(name)()
+        for _ in range(2):
+            train_step(name)()
+    # round-robin one step at a time, so that load changes on a shared machine hit every
+    # model alike; the order rotates every round
     results = {name: {"step": [], "gen": []} for name in models}
+    names = list(models)
+    for r in range(args.rounds * args.steps):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            results[name]["step"].append(median_time(train_step(name), 1))
     for r in range(args.rounds):
-        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):  # interleave, alternate order
-            results[name]["step"].append(median_time(train_steps(name), 1) / args.steps)
+        for name in (names if r % 2 == 0 else names[::-1]):
             results[name]["gen"].append(median_time(generate(name), 1) / args.gen_batches)
 
     import pandas as pd
@@ -125,11 +133,14 @@ def main(argv=None):
     rows = []
     for name, res in results.items():
         step, gen = float(np.median(res["step"])), float(np.median(res["gen"]))
+        fastest = float(np.min(res["step"]))
         rows.append(dict(model=name, step_s=step, step_ratio=step / np.median(results["stock"]["step"]),
+                         fastest_step_s=fastest, fastest_ratio=fastest / np.min(results["stock"]["step"]),
                          batch_gen_s=gen, gen_ratio=gen / np.median(results["stock"]["gen"])))
     table = pd.DataFrame(rows)
     print(f"\npatch {args.patch}, rays {args.rays}, batch {args.batch}, grid {args.grid}, U-Net depth {args.depth} "
-          f"x {args.filters} filters, {h.n_classes} leaf classes, {args.rounds} interleaved rounds (medians)")
+          f"x {args.filters} filters, {h.n_classes} leaf classes, {args.rounds * args.steps} steps per model taken in turns, generator: {args.rounds} rounds of "
+          f"{args.gen_batches} batches (medians; 'fastest' = minimum step time)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.json:
         with open(args.json, "w") as f:
