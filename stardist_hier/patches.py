@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write_text
 
 __all__ = [
     "PATCH_SIZE", "IGNORE", "PatchFormatError",
@@ -222,18 +223,7 @@ def write_index(root, dataset, rows):
         df = df[cols].sort_values(["split", "patch_id"], kind="stable")
         for c in cls_cols + [c for c in ("n_nuclei", "n_unknown") if c in df.columns]:
             df[c] = df[c].fillna(0).astype(int)
-    path = index_path(root, dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(index_path(root, dataset), df.to_csv(index=False))
 
 
 def read_index(root, dataset):

@@ -74,6 +74,7 @@ import yaml
 
 from . import __version__
 from . import patches as P
+from .atomic import atomic_save, atomic_write_text
 from .augment import AugmentConfig
 from .hierarchy import ClassHierarchy, HierarchyError
 from .paper_tables import ROWS, PaperRow, get_row
@@ -150,37 +151,6 @@ class MissingDataError(FileNotFoundError):
 def _log(msg, verbose=1):
     if verbose:
         print(msg, flush=True)
-
-
-def _atomic_write_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _atomic_save(path, save):
-    """Call ``save(tmp_path)`` then rename to ``path``; the temp name keeps the suffix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _plain(obj):
@@ -487,7 +457,7 @@ def _history_columns(dataset):
 def _save_optimizer(optimizer, path):
     values = {f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     names = np.array([v.path for v in optimizer.variables])
-    _atomic_save(path, lambda tmp: np.savez(tmp, _names=names, **values))
+    atomic_save(path, lambda tmp: np.savez(tmp, _names=names, **values))
 
 
 def _load_optimizer(model, path):
@@ -509,7 +479,7 @@ def _load_optimizer(model, path):
 def _save_weights(model, path):
     # a name not ending in '.weights.h5' makes csbdeep's patched save_weights write the
     # legacy HDF5 format, which stock StarDist loads
-    _atomic_save(path, lambda tmp: model.keras_model.save_weights(tmp))
+    atomic_save(path, lambda tmp: model.keras_model.save_weights(tmp))
 
 
 def _write_model_folder(model, folder):
@@ -631,13 +601,13 @@ def _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoc
             files["optimizer"] = f"optimizer_{e:05d}.npz"
             _save_weights(model, ckpt / files["last"])
             _save_optimizer(opt, ckpt / files["optimizer"])
-            _atomic_write_text(ckpt / f"history_{e:05d}.csv", _rows_frame(rows, ds).to_csv(index=False))
+            atomic_write_text(ckpt / f"history_{e:05d}.csv", _rows_frame(rows, ds).to_csv(index=False))
             files["history"] = f"history_{e:05d}.csv"
             old = dict(state.get("files") or {})
             state["epochs_done"] = e
             state["files"] = files
             # the commit point: state.json names this epoch's files
-            _atomic_write_text(ckpt / "state.json", json.dumps(state, indent=1))
+            atomic_write_text(ckpt / "state.json", json.dumps(state, indent=1))
             for key, name in old.items():
                 if name != files.get(key) and (ckpt / name).exists():
                     (ckpt / name).unlink()
@@ -727,11 +697,11 @@ def _train_episode(model, cfg, i, ep_dir, data, verbose, on_epoch_end):
 def _finish_episode(model, ep_dir, state, rows, key, ds):
     _write_model_folder(model, ep_dir / "model")
     _save_optimizer(model.keras_model.optimizer, ep_dir / "optimizer.npz")
-    _atomic_write_text(ep_dir / "history.csv", _rows_frame(rows, ds).to_csv(index=False))
-    _atomic_write_text(ep_dir / "key.yaml", yaml.safe_dump(_plain(key), sort_keys=False))
+    atomic_write_text(ep_dir / "history.csv", _rows_frame(rows, ds).to_csv(index=False))
+    atomic_write_text(ep_dir / "key.yaml", yaml.safe_dump(_plain(key), sort_keys=False))
     done = dict(epochs=state["epochs_done"], best=state["best"] if np.isfinite(state["best"]) else None,
                 best_epoch=state["best_epoch"], stopped_early=state["stopped_early"], finished=time.time())
-    _atomic_write_text(ep_dir / "done.json", json.dumps(done, indent=1))
+    atomic_write_text(ep_dir / "done.json", json.dumps(done, indent=1))
     shutil.rmtree(ep_dir / "checkpoint", ignore_errors=True)
 
 
@@ -886,7 +856,7 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
             _log(f"[{cfg['name']}] already complete: {run_dir}", verbose)
             return load_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_plain(saved), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(_plain(saved), sort_keys=False))
     _log(f"[{cfg['name']}] {cfg.get('paper_row', {}).get('description', '')} (scale {cfg['scale']}, seed {cfg['seed']})",
          verbose)
 
@@ -949,7 +919,7 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     rest = [c for c in history.columns if c not in per_set]
     at = rest.index("val_loss") + 1
     history = history[rest[:at] + per_set + rest[at:]]
-    _atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
+    atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
 
     import warnings
 
@@ -965,12 +935,12 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     metrics = _evaluate(final, cfg, data_root, run_dir, verbose)
     if cfg.get("paper_row"):
         metrics.insert(3, "paper_pq", cfg["paper_row"]["pq"])
-    _atomic_write_text(run_dir / "metrics.csv", metrics.to_csv(index=False))
+    atomic_write_text(run_dir / "metrics.csv", metrics.to_csv(index=False))
     info = dict(name=cfg["name"], status="complete", config_hash=run_key, seconds=round(time.perf_counter() - t0, 2),
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 episodes=[dict(dataset=ep["dataset"], epochs=ep["epochs"], cache=str(d), trained_epochs=trained.get(i, 0),
                                reused=i not in trained) for i, (ep, d) in enumerate(zip(cfg["episodes"], ep_dirs))])
-    _atomic_write_text(run_dir / "run.json", json.dumps(info, indent=1))
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=1))
     for _, r in metrics.iterrows():
         _log(f"  [{cfg['name']}] {r['dataset']}: bPQ {r.get('bPQ_pannuke_tissue', float('nan')):.4f}  "
              f"mPQ {r.get('mPQ_pannuke_tissue', float('nan')):.4f}  PQ(CoNIC) {r.get('PQ_conic', float('nan')):.4f}  "
