@@ -265,9 +265,7 @@ class HierStarDist2D(StarDist2D):
                 raise ValueError(f"{what}: image {k} contains NaN or infinite values")
 
     def _parse_hier_classes(self, classes, n):
-        if isinstance(classes, str) or classes is None:
-            return self._parse_classes_arg("auto" if classes is None else classes, n)
-        return self._parse_classes_arg(classes, n)
+        return self._parse_classes_arg("auto" if classes is None else classes, n)
 
     def train(self, X, Y, validation_data, classes="auto", augmenter=None, seed=None, epochs=None,
               steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1,
@@ -444,7 +442,9 @@ class HierStarDist2D(StarDist2D):
             probabilities (``(n, max_id + 1)``, column = class id). ``None``: leaf level.
         class_from : {'instance', 'center'} or None
             How an instance gets its class (see ``HierConfig2D.predict_class_from``);
-            ``None`` uses the config. ``'instance'`` predicts densely (``sparse=False``).
+            ``None`` uses the config. ``'instance'`` predicts densely (``sparse=False``) and
+            never returns class 0 for a detected instance; ``'center'`` keeps stock
+            StarDist's arg-max over all channels, background included (at a label set too).
 
         Returns
         -------
