@@ -209,3 +209,27 @@ def test_single_annotation_single_region_and_empty_regions(tmp_path):
     inst, classes, _ = rasterize(read_imagescope(one), (H, W), lambda n: 2)
     np.testing.assert_array_equal(inst, rect_mask((H, W), *LYM).astype(np.int32))
     assert classes == {1: 2}
+
+
+def test_same_sub_image_name_in_both_splits_keeps_both_patches(tmp_path):
+    # a patient in both official splits whose sub-images are numbered from 1 in each: the two
+    # patches share a patch id, one per split, and neither may be taken for a stale copy
+    rng = np.random.default_rng(5)
+    src = tmp_path / "src"
+    pid = "TCGA-A2-A0ES-01Z-00-DX1"
+    _write_sub(src / "MoNuSAC_images_and_annotations" / pid, f"{pid}_1", imagescope(_std_layers()), _image(rng))
+    other = "TCGA-55-1594-01Z-00-DX1"
+    _write_sub(src / "MoNuSAC_images_and_annotations" / other, f"{other}_1", imagescope(_std_layers()), _image(rng))
+    amb = (25.5, 25.5, 45.5, 45.5)
+    _write_sub(src / "MoNuSAC Testing Data and Annotations" / pid, f"{pid}_1",
+               imagescope(_std_layers() + [("Ambiguous", [rect(*amb)])]), _image(rng))
+    out = tmp_path / "out"
+    for _ in range(2):  # a re-run keeps them too
+        s = convert("monusac", src, out, progress=False, val_fraction=0)
+        df = P.read_index(out, "monusac")
+        on_disk = {(sp, p) for sp in P.list_splits(out, "monusac") for p in P.list_patches(out, "monusac", sp)}
+        assert on_disk == set(zip(df.split, df.patch_id)) and len(on_disk) == 3
+        assert ("test", f"{pid}_1_y0000_x0000") in on_disk and ("train", f"{pid}_1_y0000_x0000") in on_disk
+        assert not s.notes.get("stale_patches_removed")
+    _, mask = P.read_patch(out, "monusac", "test", f"{pid}_1_y0000_x0000")
+    assert (mask[..., 0] == -1).any() and (mask[:H, :W, 0] == -1).sum() == rect_mask((H, W), *amb).sum()

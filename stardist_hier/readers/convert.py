@@ -267,15 +267,19 @@ def _remove_moved_patches(out, dataset, rows):
     """Delete copies of this run's patches left in *other* splits by an earlier run.
 
     A different ``--seed`` or ``--val-fraction`` moves source images between ``train`` and
-    ``val``; their old copies would otherwise leak the same image into two splits.
+    ``val``; their old copies would otherwise leak the same image into two splits. One patch
+    id may be in several splits of this run (MoNuSAC patients in both official splits with
+    the same sub-image names): only a copy in a split this run did not write it to is stale.
     """
     from ..patches import list_patches, list_splits, patch_path
 
-    split_of = {r["patch_id"]: r["split"] for r in rows}
+    splits_of = {}
+    for r in rows:
+        splits_of.setdefault(r["patch_id"], set()).add(r["split"])
     removed = 0
     for split in list_splits(out, dataset):
         for pid in list_patches(out, dataset, split):
-            if pid in split_of and split_of[pid] != split:
+            if pid in splits_of and split not in splits_of[pid]:
                 for kind in ("masks", "images"):
                     patch_path(out, dataset, split, kind, pid).unlink(missing_ok=True)
                 removed += 1
@@ -294,8 +298,8 @@ def _write_merged_index(out, dataset, rows):
         except Exception:  # an unreadable old index is rebuilt from this run
             old = None
         if old is not None and len(old):
-            seen = set(new["patch_id"]) if len(new) else set()
-            keep = [i for i, r in enumerate(old.itertuples()) if r.patch_id not in seen
+            seen = set(zip(new["split"], new["patch_id"])) if len(new) else set()
+            keep = [i for i, r in enumerate(old.itertuples()) if (r.split, r.patch_id) not in seen
                     and patch_exists(out, dataset, r.split, r.patch_id)]
             new = pd.concat([old.iloc[keep], new], ignore_index=True) if keep else new
     write_index(out, dataset, new)
