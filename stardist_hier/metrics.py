@@ -636,6 +636,8 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
 
     if hasattr(class_ids, "ids"):
         class_ids = class_ids.ids
+    if class_ids is not None:
+        class_ids = tuple(int(c) for c in class_ids)  # any sequence, a numpy array included
 
     def classes_of(cls, pix, rows, ids, n, what):
         # -> (class per instance, every class id that must belong to the label set)
@@ -658,8 +660,7 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
     gcls, g_present = classes_of(gt_class, m["gpix"], m["g_rows"], m["g_ids"], ng, "ground-truth")
     pcls, p_present = classes_of(pred_class, m["ppix"], m["p_rows"], m["p_ids"], np_, "prediction")
     if class_ids is None:
-        class_ids = sorted((set(g_present.tolist()) | set(p_present.tolist())) - {0})
-    class_ids = tuple(int(c) for c in class_ids)
+        class_ids = tuple(sorted((set(g_present.tolist()) | set(p_present.tolist())) - {0}))
     K = len(class_ids)
     if gt_class is None and pred_class is None:
         gk, pk = np.full(ng, -1, np.intp), np.full(np_, -1, np.intp)

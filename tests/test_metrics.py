@@ -452,8 +452,9 @@ def test_bad_inputs():
         M.evaluate_image(a, a.astype(float))
     cls = a.copy()
     cls[0, 0] = 9
-    with pytest.raises(M.MetricsError, match=r"img: .*class id\(s\) \[9\]"):
-        M.evaluate_image(np.stack([a, a], -1), np.stack([a, cls], -1), class_ids=[1, 2], name="img")
+    for ids in ([1, 2], np.array([1, 2])):  # a numpy array of ids is a sequence too
+        with pytest.raises(M.MetricsError, match=r"img: .*class id\(s\) \[9\]"):
+            M.evaluate_image(np.stack([a, a], -1), np.stack([a, cls], -1), class_ids=ids, name="img")
     with pytest.raises(M.MetricsError, match="differ from"):
         M.summarize([M.evaluate_image(a, a, class_ids=[1]), M.evaluate_image(a, a, class_ids=[2])])
 
