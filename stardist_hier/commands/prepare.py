@@ -8,7 +8,7 @@ Writes <out>/<dataset>/<split>/images/<patch>.tif (RGB uint8), .../masks/<patch>
 import sys
 from pathlib import Path
 
-DATASETS = ("pannuke", "monusac", "consep", "monuseg", "lizard", "conic")
+from ..readers import DATASETS
 
 
 def add_arguments(parser):
