@@ -32,7 +32,8 @@ def add_arguments(parser):
                         help="radius of HoVer-Net's centroid pairing for its F1 (default: 12, HoVer-Net's at 40x; "
                              "6 suits 20x data; 0 turns it off)")
     parser.add_argument("--save-predictions", type=Path, metavar="DIR",
-                        help="with --model: also write the predictions as TIFFs (DIR/<dataset>/<patch_id>.tif)")
+                        help="with --model: also write the predictions as TIFFs (DIR/<patch_id>.tif; "
+                             "DIR/<dataset>/<patch_id>.tif when several datasets are scored)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
