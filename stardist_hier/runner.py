@@ -24,7 +24,8 @@ A run is described by a config (a dict, saved as ``config.yaml``)::
 
 Run folder ``<out>/<name>/``:
 
-* ``config.yaml``: the exact config used (resolved splits, data root, versions);
+* ``config.yaml``: the exact config used (resolved splits, data root and a fingerprint of
+  each dataset's ``index.csv``, versions);
 * ``model/``: the final model (loads with ``HierStarDist2D(None, 'model', run_folder)`` and
   with stock ``StarDist2D``);
 * ``history.csv``: one row per epoch: ``epoch`` (over the whole run), ``episode``,
@@ -844,6 +845,9 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     run_dir = out / cfg["name"]
     saved = dict(cfg, data_root=str(data_root), splits_used=splits, versions=_versions())
     saved.pop("_splits")
+    # the data is part of the run's identity (the data root is not: data may move), so a run
+    # folder made on other data (e.g. the synthetic stand-ins) is never taken as complete
+    saved["data_fingerprints"] = {ds: _data_fingerprint(data_root, ds) for ds in splits}
     run_key = _hash({k: v for k, v in saved.items() if k not in ("versions", "data_root")})
     saved["config_hash"] = run_key
     if (run_dir / "config.yaml").is_file():

@@ -80,6 +80,19 @@ def test_shared_pretraining_is_reused(shared_runs):
     assert again.info == t2.info
 
 
+def test_complete_run_is_not_reused_for_other_data(shared_runs, data, tmp_path):
+    """Same config and --out, other data (e.g. real data after the synthetic stand-ins)."""
+    from stardist_hier import patches as P
+
+    other = shutil.copytree(data, tmp_path / "other")
+    idx = P.read_index(other, "monusac")
+    idx["source"] = "another download"
+    P.write_index(other, "monusac", idx)
+    with pytest.raises(FileExistsError, match="another config"):
+        run_experiment(make_row_config((2, 4), "smoke", **TINY_RUN), other, shared_runs["out"], verbose=0)
+    assert (shared_runs["t2"].run_dir / "run.json").is_file()
+
+
 def _single(name, epochs=2):
     return normalize_config(dict(name=name, episodes=[dict(dataset="consep", epochs=epochs)], test=["consep"],
                                  steps_per_epoch=2, model=TINY_MODEL, seed=3, augment={}))
