@@ -168,6 +168,7 @@ def run_demo(out, data=None, settings=None, seed=0, data_seed=0, progress=True, 
     """
     from tqdm import tqdm
 
+    from .atomic import atomic_write_text
     from .paper_tables import get_row
     from .report import run_status
     from .runner import run_experiment
@@ -217,8 +218,8 @@ def run_demo(out, data=None, settings=None, seed=0, data_seed=0, progress=True, 
     text = format_demo_table(table)
     log("")
     log(text)
-    table.to_csv(out / "demo_table.csv", index=False)
-    (out / "demo_table.md").write_text(format_demo_table(table, markdown=True) + "\n")
+    atomic_write_text(out / "demo_table.csv", table.to_csv(index=False))
+    atomic_write_text(out / "demo_table.md", format_demo_table(table, markdown=True) + "\n")
     figures = write_figures(runs_dir, out, n_images=settings.overlay_images, data_root=data)
     for f in figures:
         log(f"figure: {f}")
@@ -292,6 +293,7 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from .atomic import atomic_save
     from .report import plot_loss_curves, plot_overlays
 
     out = Path(out)
@@ -307,7 +309,7 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
         fig = make()
         fig.suptitle("synthetic data, miniature training (not the paper's numbers)", fontsize=9, color="#a00")
         fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
+        atomic_save(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         made.append(out / name)
     return made

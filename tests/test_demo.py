@@ -165,3 +165,24 @@ def test_every_variant_trains_on_tiny_data(tmp_path):
     assert sorted(seen) == sorted(VARIANTS)
     with pytest.raises(ValueError, match="unknown variant"):
         train_variants("monusac", "pannuke", data, s, seed=0, variants=["nope"], on_model=on_model)
+
+
+def test_demo_figures_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An interrupted figure write leaves the previous PNG, never a half-written one."""
+    from matplotlib.figure import Figure
+
+    from stardist_hier.demo import write_figures
+
+    first = write_figures(tmp_path / "no-runs", tmp_path, n_images=1)  # panels say 'not run'
+    before = {p: p.read_bytes() for p in first}
+
+    def interrupted(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_figures(tmp_path / "no-runs", tmp_path, n_images=1)
+    assert {p: p.read_bytes() for p in first} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png") == sorted(PNGS)
