@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .augment import class_counts_of
 from .hierarchy import ClassHierarchy
 
 __all__ = ["VARIANTS", "SOURCES", "METRICS", "BenchSettings", "FlatHierarchy", "coarse_node", "flatten_hierarchy",
@@ -315,15 +316,6 @@ def _train(model, data, dataset, epochs, steps, seed):
     return {k: [float(x) for x in v] for k, v in hist.history.items()}
 
 
-def _class_counts(C):
-    out = {}
-    for c in C:
-        for v in c.values():
-            if v is not None:
-                out[int(v)] = out.get(int(v), 0) + 1
-    return out
-
-
 def train_variants(target, source, data, settings, seed, variants=None, hierarchy="default", on_model=None):
     """Train the requested variants for one target and seed, sharing the pre-training.
 
@@ -397,7 +389,7 @@ def train_variants(target, source, data, settings, seed, variants=None, hierarch
         m = _new_model(s, flat.hierarchy, seeds["init"])
         hist_pre = _train(m, fdata[source], source, s.epochs_pretrain, steps, seeds["pre"])
         hist = _train(m, fdata[target], target, s.epochs_finetune, steps, seeds["fine"])
-        wrapped = FlattenedModel(m, flat, h, {target: _class_counts(data[target][2])})
+        wrapped = FlattenedModel(m, flat, h, {target: class_counts_of(data[target][2])})
         on_model("flatten", wrapped, {"pretrain": hist_pre, "finetune": hist}, time.perf_counter() - t0)
 
 
