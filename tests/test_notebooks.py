@@ -70,6 +70,9 @@ def test_table_notebook(results, tmp_path, table, n_rows):
     shown = format_table(df, as_text=True)
     assert shown.count(NOT_RUN) >= 10 * (n_rows - 1)
     assert f"{done['paper PQ'].iloc[0]:.4f}" in text
+    # the notebook shows the reproduced numbers of the row that ran, not only the paper's
+    for col in ("bPQ", "mPQ+"):
+        assert f"{done[col].iloc[0]:.4f}" in text and f"{done[f'Δ {col}'].iloc[0]:+.4f}" in text
 
 
 def test_figures_notebook(results, tmp_path):
