@@ -39,6 +39,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="1 target, 1 seed, 1+1 epochs of 5 steps, 16/4/8 tiles")
     args = p.parse_args(argv)
 
+    from stardist_hier.atomic import atomic_write_text
     from stardist_hier.baselines import (BenchSettings, format_claim_table, run_claim_benchmark,
                                          summarize_claim)
     from stardist_hier.synth import generate_all
@@ -61,10 +62,9 @@ def main(argv=None):
     df = run_claim_benchmark(data, args.out, targets=targets, seeds=seeds, settings=settings,
                              log=lambda m: print(m, flush=True))
     summary = summarize_claim(df)
-    summary.to_csv(os.path.join(args.out, "summary.csv"), index=False)
+    atomic_write_text(os.path.join(args.out, "summary.csv"), summary.to_csv(index=False))
     md = format_claim_table(summary)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(md + "\n")
+    atomic_write_text(os.path.join(args.out, "summary.md"), md + "\n")
     print("\n" + md)
     print(f"\nwall time {time.perf_counter() - t0:.0f} s (this invocation; finished groups are reused)")
     return 0

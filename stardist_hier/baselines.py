@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .augment import class_counts_of
 from .hierarchy import ClassHierarchy
 
@@ -450,7 +451,7 @@ def run_claim_benchmark(data_root, out, targets=("pannuke", "monusac", "consep")
         if {k: v for k, v in old.items() if k != "data_root"} != {k: v for k, v in sdict.items() if k != "data_root"}:
             raise FileExistsError(f"{out} holds results made with other settings; use another output folder")
     else:
-        sfile.write_text(json.dumps(sdict, indent=1))
+        atomic_write_text(sfile, json.dumps(sdict, indent=1))
     rfile = out / "results.jsonl"
     rows = [json.loads(line) for line in rfile.read_text().splitlines() if line.strip()] if rfile.is_file() else []
     done = {(r["target"], r["seed"]) for r in rows}
@@ -480,9 +481,9 @@ def run_claim_benchmark(data_root, out, targets=("pannuke", "monusac", "consep")
                 + "  ".join(f"{c} {scores[c]:.4f}" for c, _ in METRICS) + f"  [{seconds:.0f} s train]")
 
         train_variants(target, source, cache, settings, seed, variants=variants, hierarchy=h, on_model=on_model)
-        with open(rfile, "a") as f:  # one group at a time: a crash never leaves half a group
-            f.write("".join(json.dumps(r) + "\n" for r in group))
         rows += group
+        # one group at a time, the file replaced whole: a crash never leaves half a group
+        atomic_write_text(rfile, "".join(json.dumps(r) + "\n" for r in rows))
         bar.update(1)
         import keras
 
