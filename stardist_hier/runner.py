@@ -243,7 +243,8 @@ def normalize_config(cfg):
     Raises
     ------
     ValueError
-        Unknown keys, no episodes, non-positive epochs, bad augmentation parameters, ...
+        Unknown keys, no episodes or test sets, non-positive epochs, bad augmentation
+        parameters, ...
     """
     cfg = deepcopy(dict(cfg))
     unknown = sorted(set(cfg) - _CONFIG_KEYS)
@@ -264,6 +265,9 @@ def normalize_config(cfg):
     cfg["episodes"] = out_eps
     test = cfg.get("test") or []
     cfg["test"] = [test] if isinstance(test, str) else list(test)
+    if not cfg["test"]:
+        # checked here, not after training: the run folder needs metrics of a test set
+        raise ValueError("run config: at least one test dataset is required ('test')")
     cfg.setdefault("scale", "custom")
     cfg["seed"] = int(cfg.get("seed", 0))
     cfg["steps_per_epoch"] = int(cfg.get("steps_per_epoch", 100))

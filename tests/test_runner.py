@@ -171,6 +171,9 @@ def test_paper_tables_and_row_scripts():
     assert [e["epochs"] for e in smoke["episodes"]] == [5, 3]
     with pytest.raises(ValueError, match="unknown key"):
         normalize_config(dict(_single("x"), epochz=3))
+    # no test set: refused before training (it used to crash after it, building metrics.csv)
+    with pytest.raises(ValueError, match="at least one test dataset"):
+        normalize_config(dict(_single("x"), test=[]))
 
 
 def test_monitor_state_plateau_and_early_stopping():
