@@ -294,15 +294,15 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
     import matplotlib.pyplot as plt
 
     from .atomic import atomic_save
-    from .report import plot_loss_curves, plot_overlays
+    from .report import figure_panels, plot_loss_curves, plot_overlays
 
     out = Path(out)
     made = []
     figs = [
-        ("fig3_loss_curves.png", lambda: plot_loss_curves(runs_dir, panels=(("a", 2, 4), ("b", 2, 6)))),
-        ("fig2_overlays_monusac.png", lambda: plot_overlays(runs_dir, panels=(("a", 2, 6), ("b", 2, 4)),
+        ("fig3_loss_curves.png", lambda: plot_loss_curves(runs_dir, panels=figure_panels("Fig. 3"))),
+        ("fig2_overlays_monusac.png", lambda: plot_overlays(runs_dir, panels=figure_panels("Fig. 2"),
                                                              n_images=n_images, data_root=data_root)),
-        ("fig4_overlays_unseen_monusac.png", lambda: plot_overlays(runs_dir, panels=(("a", 3, 2), ("b", 3, 1)),
+        ("fig4_overlays_unseen_monusac.png", lambda: plot_overlays(runs_dir, panels=figure_panels("Fig. 4"),
                                                                     n_images=n_images, data_root=data_root)),
     ]
     for name, make in figs:

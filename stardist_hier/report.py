@@ -21,7 +21,7 @@ import numpy as np
 from .paper_tables import TABLE2, TABLE3, get_row
 
 __all__ = ["CONVENTIONS", "NOT_RUN", "find_runs", "run_status", "collect_table", "format_table",
-           "plot_loss_curves", "plot_overlays", "setup_notebook", "run_summary", "FIGURE_ROWS"]
+           "plot_loss_curves", "plot_overlays", "setup_notebook", "run_summary", "FIGURE_ROWS", "figure_panels"]
 
 #: reproduced columns: (column label, metrics.csv key). The paper reports one "PQ" (Eq. 5)
 #: without saying how it is averaged, so every convention is shown.
@@ -45,6 +45,14 @@ FIGURE_ROWS = {
     ("Fig. 4", "a"): (3, 2),  # CoNSeP 100 -> PanNuke 62, tested on (unseen) MoNuSAC
     ("Fig. 4", "b"): (3, 1),  # CoNSeP 100 only
 }
+
+
+def figure_panels(figure):
+    """``((label, table, row), ...)`` of one figure of :data:`FIGURE_ROWS`, e.g. ``'Fig. 3'``."""
+    panels = tuple((label, *tr) for (fig, label), tr in FIGURE_ROWS.items() if fig == figure)
+    if not panels:
+        raise ValueError(f"no panels for {figure!r}; figures: {sorted({f for f, _ in FIGURE_ROWS})}")
+    return panels
 
 
 def find_runs(results_dir):
@@ -163,14 +171,15 @@ def _placeholder(ax, text):
     ax.set_yticks([])
 
 
-def plot_loss_curves(results_dir, panels=(("a", 2, 4), ("b", 2, 6)), figsize=(11, 4)):
+def plot_loss_curves(results_dir, panels=None, figsize=(11, 4)):
     """Training and validation loss per epoch across the dataset switch (the paper's Fig. 3).
 
     Parameters
     ----------
     results_dir : str or path-like
     panels : sequence of (label, table, row)
-        Default: (a) MoNuSAC only (Table II row 4), (b) PanNuke then MoNuSAC (row 6).
+        Default ``figure_panels('Fig. 3')``: (a) MoNuSAC only (Table II row 4), (b) PanNuke
+        then MoNuSAC (row 6).
 
     Returns
     -------
@@ -179,6 +188,7 @@ def plot_loss_curves(results_dir, panels=(("a", 2, 4), ("b", 2, 6)), figsize=(11
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    panels = figure_panels("Fig. 3") if panels is None else panels
     fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
     for ax, (label, table, row) in zip(axes[0], panels):
         r, d = _run_dir_of(results_dir, table, row)
@@ -207,14 +217,15 @@ def _outline(lbl):
     return find_boundaries(lbl, mode="inner")
 
 
-def plot_overlays(results_dir, panels=(("a", 2, 6), ("b", 2, 4)), n_images=3, data_root=None, figsize=None):
+def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=None):
     """Predicted (yellow) and annotated (green) outlines on test images (the paper's Figs. 2, 4).
 
     Parameters
     ----------
     results_dir : str or path-like
     panels : sequence of (label, table, row)
-        One figure row per panel; default Fig. 2 (PanNuke -> MoNuSAC vs MoNuSAC only).
+        One figure row per panel; default ``figure_panels('Fig. 2')`` (PanNuke -> MoNuSAC vs
+        MoNuSAC only).
     n_images : int
         Test images per panel (the first ones of the test split, the same for all panels).
     data_root : str or path-like, optional
@@ -232,6 +243,7 @@ def plot_overlays(results_dir, panels=(("a", 2, 6), ("b", 2, 4)), n_images=3, da
     from . import patches as P
     from .evaluation import normalize_image
 
+    panels = figure_panels("Fig. 2") if panels is None else panels
     figsize = figsize or (3 * n_images, 3.2 * len(panels))
     fig, axes = plt.subplots(len(panels), n_images, figsize=figsize, squeeze=False)
     for axrow, (label, table, row) in zip(axes, panels):
