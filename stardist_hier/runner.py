@@ -1059,15 +1059,15 @@ def run_all_main(argv=None):
     args = p.parse_args(argv)
     rows = list(ROWS)
     if args.rows:
+        from .paper_tables import row_by_name
+
         wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
         rows = []
         for w in wanted:
-            if ":" in w:
-                rows.append(get_row(*map(int, w.split(":"))))
-            else:
-                from .paper_tables import row_by_name
-
-                rows.append(row_by_name(w))
+            try:
+                rows.append(get_row(*map(int, w.split(":", 1))) if ":" in w else row_by_name(w))
+            except (ValueError, KeyError) as e:
+                p.error(f"--rows: {w!r}: {e.args[0] if e.args else e}")
     t0 = time.perf_counter()
     try:
         root, out = _resolve_args(args)

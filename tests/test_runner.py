@@ -171,6 +171,13 @@ def test_paper_tables_and_row_scripts():
     assert [e["epochs"] for e in smoke["episodes"]] == [5, 3]
     with pytest.raises(ValueError, match="unknown key"):
         normalize_config(dict(_single("x"), epochz=3))
+    # --rows naming no paper row: a usage error, not a traceback
+    from stardist_hier.runner import run_all_main
+
+    for bad in ("2:10", "table9_row1_x", "2:x"):
+        with pytest.raises(SystemExit) as e:
+            run_all_main(["--data-root", "nowhere", "--rows", bad])
+        assert e.value.code == 2
     # no test set: refused before training (it used to crash after it, building metrics.csv)
     with pytest.raises(ValueError, match="at least one test dataset"):
         normalize_config(dict(_single("x"), test=[]))
