@@ -308,7 +308,7 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
     for name, make in figs:
         fig = make()
         fig.suptitle("synthetic data, miniature training (not the paper's numbers)", fontsize=9, color="#a00")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.03, 1, 1))  # keeps the overlays' colour key at the bottom
         atomic_save(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100))
         plt.close(fig)
         made.append(out / name)

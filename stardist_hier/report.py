@@ -243,16 +243,21 @@ def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=
     from . import patches as P
     from .evaluation import normalize_image
 
+    import textwrap
+
     panels = figure_panels("Fig. 2") if panels is None else panels
-    figsize = figsize or (3 * n_images, 3.2 * len(panels))
+    figsize = figsize or (max(3 * n_images, 6), 3.4 * len(panels))
     fig, axes = plt.subplots(len(panels), n_images, figsize=figsize, squeeze=False)
+    # a row title spans the row: wrap it to the figure's width (about 11 characters per inch
+    # at font size 9) so that it is not cut off with few images per row
+    wrap = max(int(figsize[0] * 11), 30)
     for axrow, (label, table, row) in zip(axes, panels):
         r, d = _run_dir_of(results_dir, table, row)
         name = _panel_title(label, r, d) + f", test {r.test}"
         if d is None:
             for ax in axrow:
                 _placeholder(ax, NOT_RUN)
-            axrow[0].set_title(f"{name}: {NOT_RUN}", fontsize=9, loc="left")
+            axrow[0].set_title(textwrap.fill(f"{name}: {NOT_RUN}", wrap), fontsize=9, loc="left")
             continue
         from .model import HierStarDist2D
 
@@ -276,8 +281,9 @@ def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=
             rgb[_outline(pred)] = (1.0, 0.9, 0.0)
             ax.imshow(rgb)
             ax.set_xlabel(ids[k], fontsize=7)
-        axrow[0].set_title(name + "  (green: annotation, yellow: prediction)", fontsize=9, loc="left")
-    fig.tight_layout()
+        axrow[0].set_title(textwrap.fill(name, wrap), fontsize=9, loc="left")
+    fig.text(0.5, 0.005, "green: annotation, yellow: prediction", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
