@@ -72,6 +72,18 @@ def pack(labels, label_sets):
     return out
 
 
+def leaf_onehot(labels, ls):
+    """Stock StarDist's one-hot class target of leaf labels (rows of -1 where ignored)."""
+    onehot = np.zeros(labels.shape + (N_OUT,), np.float32)
+    for idx in np.ndindex(labels.shape):
+        k = labels[idx]
+        if k < 0:
+            onehot[idx] = -1
+        else:
+            onehot[idx][0 if k == 0 else H.leaf_channels(ls.nodes[k])[0]] = 1
+    return onehot
+
+
 def ref_ce(labels, probs, label_sets, weights):
     out = np.zeros(labels.shape)
     for b in range(labels.shape[0]):
@@ -160,13 +172,7 @@ def test_leaf_labels_equal_stock_weighted_crossentropy(rng):
     weights = rng.uniform(0.2, 3, N_OUT)
     ls = H.label_set("leaves")
     labels = random_labels(rng, shape, ls)
-    onehot = np.zeros(shape + (N_OUT,), np.float32)
-    for idx in np.ndindex(shape):
-        k = labels[idx]
-        if k < 0:
-            onehot[idx] = -1
-        else:
-            onehot[idx][0 if k == 0 else H.leaf_channels(ls.nodes[k])[0]] = 1
+    onehot = leaf_onehot(labels, ls)
     stock = run(weighted_categorical_crossentropy(weights, ndim=2), onehot, probs)
     ours = run(modified_crossentropy(weights, N_OUT), pack(labels, [ls] * 3), probs)
     np.testing.assert_allclose(ours, stock, atol=1e-6, rtol=1e-6)
@@ -189,12 +195,7 @@ def test_focal_tversky_leaf_labels_equal_eq3(rng):
     probs = random_probs(rng, shape)
     ls = H.label_set("leaves")
     labels = random_labels(rng, shape, ls)
-    onehot = np.zeros(shape + (N_OUT,), np.float32)
-    for idx in np.ndindex(shape):
-        k = labels[idx]
-        onehot[idx] = -1 if k < 0 else 0
-        if k >= 0:
-            onehot[idx][0 if k == 0 else H.leaf_channels(ls.nodes[k])[0]] = 1
+    onehot = leaf_onehot(labels, ls)
     for alpha, gamma in [(0.7, 0.75), (0.3, 2.0)]:
         ours = run(modified_focal_tversky(N_OUT, alpha, gamma), pack(labels, [ls] * 2), probs)
         np.testing.assert_allclose(ours, ref_ft_eq3(onehot, probs, alpha, gamma), rtol=1e-5, atol=1e-6)
