@@ -153,7 +153,8 @@ def modified_focal_tversky(n_out, alpha=FOCAL_TVERSKY_ALPHA, gamma=FOCAL_TVERSKY
         admitted, valid, groups = _split_target(y_true, n_out)
         y_pred = ops.cast(y_pred, "float32")
         covered = ops.cast(groups >= 0, "float32")  # (B, n_out): leaves under some class of the label set
-        n_label_classes = ops.sum(ops.max(_label_set_membership(groups, n_out), axis=-1), axis=-1)  # (B,)
+        # groups are dense class indices 0..m-1 and every class covers a leaf, so m = max + 1
+        n_label_classes = ops.max(groups, axis=-1) + 1.0  # (B,)
         expand = (slice(None),) + (None,) * (len(y_pred.shape) - 2)
         true_pos = ops.sum(admitted * y_pred, axis=-1)
         merged_total = ops.sum(covered[expand] * y_pred, axis=-1)

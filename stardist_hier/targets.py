@@ -179,6 +179,7 @@ class HierStarDistData2D(StarDistData2D):
         for k, (y, c, ls) in enumerate(zip(Y, self.classes, self.label_sets)):
             check_instance_classes(y, c, ls, where=f"image {k} (label set '{ls.name}')")
         self.encoder = ClassTargetEncoder(hierarchy.n_classes + 1)
+        self._outside_cache = {}
         self._captured = threading.local()
         user_augmenter = augmenter if augmenter is not None else (lambda x, y: (x, y))
 
@@ -205,11 +206,10 @@ class HierStarDistData2D(StarDistData2D):
         marked ignored here, which gives the same (zero) class loss.
         """
         key = tuple(shape)
-        cache = self.__dict__.setdefault("_outside_cache", {})
-        if key not in cache:
+        if key not in self._outside_cache:
             ones = np.ones((1,) + key + (1,), np.float32)
-            cache[key] = zoom(ones, (1,) + tuple(1 / g for g in self.grid) + (1,), order=0)[0, ..., 0] == 0
-        return cache[key]
+            self._outside_cache[key] = zoom(ones, (1,) + tuple(1 / g for g in self.grid) + (1,), order=0)[0, ..., 0] == 0
+        return self._outside_cache[key]
 
     def class_target(self, labels, idx):
         """Packed class targets ``(B, H', W', 2 * n_out)`` for the label patches of a batch."""
