@@ -34,6 +34,7 @@ import numpy as np
 
 from . import metrics as M
 from . import patches as P
+from .patches import normalize_image
 from .atomic import atomic_save, atomic_write_json, atomic_write_text
 from .hierarchy import ClassHierarchy, HierarchyError
 
@@ -43,17 +44,6 @@ __all__ = ["EvaluationError", "EvaluationResult", "normalize_image", "read_predi
 
 class EvaluationError(ValueError):
     """Inconsistent inputs to an evaluation; the message names the file or folder at fault."""
-
-
-def normalize_image(img):
-    """Normalise an RGB image for prediction as StarDist's examples do.
-
-    ``csbdeep.utils.normalize(img, 1, 99.8, axis=(0, 1))``: per channel, the 1st and 99.8th
-    percentiles map to 0 and 1.
-    """
-    from csbdeep.utils import normalize
-
-    return normalize(img, 1, 99.8, axis=(0, 1))
 
 
 def read_prediction(path):

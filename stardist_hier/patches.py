@@ -39,7 +39,7 @@ __all__ = [
     "patch_path", "write_patch", "read_patch", "patch_exists", "list_patches", "list_splits",
     "write_index", "read_index", "index_path",
     "instance_classes", "class_counts", "relabel_instances", "paint_classes", "dense_ids",
-    "tile_offsets", "tile_sample", "load_split",
+    "tile_offsets", "tile_sample", "load_split", "normalize_image", "NORMALIZE_PERCENTILES",
 ]
 
 PATCH_SIZE = 256
@@ -436,7 +436,29 @@ def tile_sample(image, inst, classes, size=PATCH_SIZE, stride=None):
 
 
 # ----------------------------------------------------------------------------------------
-# loading for training
+# normalisation and loading for training
+
+#: Lower and upper percentiles (per channel) that :func:`normalize_image` maps to 0 and 1,
+#: as in StarDist's H&E examples.
+NORMALIZE_PERCENTILES = (1.0, 99.8)
+
+
+def normalize_image(img):
+    """Normalise an RGB image for training or prediction, as StarDist's examples do.
+
+    ``csbdeep.utils.normalize(img, 1, 99.8, axis=(0, 1))``: per channel, the 1st and 99.8th
+    percentiles map to 0 and 1. Training (:func:`load_split`), evaluation and prediction
+    all call this one function, so a model always sees images normalised the same way.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape as ``img``.
+    """
+    from csbdeep.utils import normalize
+
+    lo, hi = NORMALIZE_PERCENTILES
+    return normalize(img, lo, hi, axis=(0, 1), dtype=np.float32)
 
 
 def _missing_hint(root, dataset):
