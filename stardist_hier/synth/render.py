@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .hierarchy import ClassHierarchy, HierarchyError
+from ..hierarchy import ClassHierarchy, HierarchyError
 
 __all__ = [
     "Stain", "Morphology", "Tissue", "DatasetSpec", "SynthTile",
@@ -1215,7 +1215,7 @@ def _pick_tissue(spec, rng):
 
 
 def _write(out_root, dataset, split, patch_id, image, mask):
-    from . import patches
+    from .. import patches
 
     # tiles smaller than the format's 256 (tests, quick demos) keep the same layout and
     # are read back by the same read_patch / load_split
@@ -1224,7 +1224,7 @@ def _write(out_root, dataset, split, patch_id, image, mask):
 
 
 def _index_row(spec, split, patch_id, source, tissue, mask, n_hidden, class_ids):
-    from .patches import class_counts, instance_classes
+    from ..patches import class_counts, instance_classes
 
     counts = class_counts(instance_classes(mask))
     row = {"patch_id": patch_id, "split": split, "source": source, "offset_y": 0, "offset_x": 0,
@@ -1247,7 +1247,7 @@ def dataset_complete(out_root, dataset, counts=None, size=256, seed=0, unannotat
     """True if ``<out_root>/<dataset>`` holds a finished synthetic set made with these parameters."""
     import json
     from pathlib import Path
-    from . import patches
+    from .. import patches
 
     spec = _get_spec(dataset)
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
@@ -1301,7 +1301,7 @@ def generate_dataset(out_root, dataset, counts=None, size=256, seed=0, unannotat
     import time
     from pathlib import Path
     from tqdm.auto import tqdm
-    from . import patches
+    from .. import patches
 
     t0 = time.perf_counter()
     spec = _get_spec(dataset)
@@ -1359,7 +1359,7 @@ def generate_dataset(out_root, dataset, counts=None, size=256, seed=0, unannotat
 
 def _make_patch(job):
     """Generate and write one tile (unless already on disk); return its index row."""
-    from . import patches
+    from .. import patches
 
     spec, root, split, i, seed, size, unannotated = job
     h = _default_hierarchy()
