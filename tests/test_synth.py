@@ -9,6 +9,8 @@ from scipy import ndimage as ndi
 
 from stardist_hier import patches, synth
 from stardist_hier.hierarchy import ClassHierarchy
+from stardist_hier.synth.render import _composition
+from stardist_hier.synth.specs import _tissue_stain
 
 H = ClassHierarchy.default()
 SIZE = 128
@@ -252,15 +254,15 @@ def test_pannuke_tissues_have_their_own_stain():
     t1 = _tiles("pannuke", 2, tissue="Breast")
     t2 = _tiles("pannuke", 2, tissue="Lung")
     assert {t.tissue for t in t1} == {"Breast"} and {t.tissue for t in t2} == {"Lung"}
-    s1 = synth._tissue_stain(synth.DATASETS["pannuke"], synth.DATASETS["pannuke"].tissues[0])
-    s2 = synth._tissue_stain(synth.DATASETS["pannuke"], synth.DATASETS["pannuke"].tissues[2])
+    s1 = _tissue_stain(synth.DATASETS["pannuke"], synth.DATASETS["pannuke"].tissues[0])
+    s2 = _tissue_stain(synth.DATASETS["pannuke"], synth.DATASETS["pannuke"].tissues[2])
     assert s1 != s2
 
 
 def test_class_frequencies_are_imbalanced():
     rng = np.random.default_rng(0)
     spec = synth.DATASETS["pannuke"]
-    leaves = [leaf for _ in range(200) for leaf in synth._composition(spec, spec.tissues[0], rng, 256, H)]
+    leaves = [leaf for _ in range(200) for leaf in _composition(spec, spec.tissues[0], rng, 256, H)]
     ids = synth.leaf_class_ids("pannuke")
     counts = np.bincount([ids[leaf] for leaf in leaves], minlength=6)[1:]
     assert counts[0] == counts.max()                             # neoplastic most common
