@@ -4,7 +4,7 @@ Over the synthetic PanNuke-, MoNuSAC- and CoNSeP-like sets, for each target data
 training seeds: (a) target only, (b) the paper's pre-train then fine-tune, (c) batch-level
 mixing, (d) transfer learning with a re-initialised class head, (e) both datasets flattened
 to their depth-1 super-classes. The variants and the flattening are defined in
-:mod:`stardist_hier.baselines`; this script only sizes, runs and prints them.
+:mod:`stardist_hier.experiments.claim`; this script only sizes, runs and prints them.
 
 Usage::
 
@@ -40,7 +40,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from stardist_hier.atomic import atomic_write_text
-    from stardist_hier.baselines import (BenchSettings, format_claim_table, run_claim_benchmark,
+    from stardist_hier.experiments.claim import (BenchSettings, format_claim_table, run_claim_benchmark,
                                          summarize_claim)
     from stardist_hier.synth import generate_all
 

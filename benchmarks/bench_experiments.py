@@ -27,11 +27,10 @@ def main(argv=None):
 
     from stardist_hier import ClassHierarchy
     from stardist_hier.augment import ClassAwareAugmenter
-    from stardist_hier.evaluation import normalize_image
-    from stardist_hier.patches import instance_classes
-    from stardist_hier.runner import SCALES
+    from stardist_hier.patches import instance_classes, normalize_image
+    from stardist_hier.experiments.config import SCALES
     from stardist_hier.synth import generate_tile, tile_seed
-    from stardist_hier.targets import HierStarDistData2D
+    from stardist_hier.model.targets import HierStarDistData2D
 
     tiles = [generate_tile("pannuke", tile_seed(0, "pannuke", "train", i), size=256) for i in range(args.tiles)]
     X = [normalize_image(t.image).astype(np.float32) for t in tiles]

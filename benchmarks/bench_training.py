@@ -75,7 +75,7 @@ def main(argv=None):
     from stardist.models.model2d import StarDistData2D
 
     from stardist_hier import ClassHierarchy, HierConfig2D, HierStarDist2D
-    from stardist_hier.targets import HierStarDistData2D
+    from stardist_hier.model.targets import HierStarDistData2D
 
     h = ClassHierarchy.default()
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ rows (e.g. PanNuke for 250 epochs) is trained once and reused from OUT/cache.
 
 import sys
 
-from stardist_hier.runner import run_all_main
+from stardist_hier.commands.replay import run_all_main
 
 if __name__ == "__main__":
     sys.exit(run_all_main())

@@ -8,7 +8,7 @@ Pre-train pannuke 250 epochs, fine-tune consep 75 epochs, test consep; paper PQ 
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=2, row=3,
            pretrain=("pannuke", 250),  # dataset, epochs

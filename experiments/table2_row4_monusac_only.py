@@ -8,7 +8,7 @@ Pre-train monusac 175 epochs, fine-tune - (none), test monusac; paper PQ 0.5789.
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=2, row=4,
            pretrain=("monusac", 175),  # dataset, epochs

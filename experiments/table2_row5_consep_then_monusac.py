@@ -8,7 +8,7 @@ Pre-train consep 100 epochs, fine-tune monusac 130 epochs, test monusac; paper P
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=2, row=5,
            pretrain=("consep", 100),  # dataset, epochs

@@ -8,7 +8,7 @@ Pre-train pannuke 250 epochs, fine-tune monusac 130 epochs, test monusac; paper 
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=2, row=6,
            pretrain=("pannuke", 250),  # dataset, epochs

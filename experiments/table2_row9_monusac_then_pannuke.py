@@ -8,7 +8,7 @@ Pre-train monusac 175 epochs, fine-tune pannuke 187 epochs, test pannuke; paper 
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=2, row=9,
            pretrain=("monusac", 175),  # dataset, epochs

@@ -8,7 +8,7 @@ Pre-train consep 100 epochs, fine-tune - (none), test monusac; paper PQ 0.4333.
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=3, row=1,
            pretrain=("consep", 100),  # dataset, epochs

@@ -8,7 +8,7 @@ Pre-train monusac 175 epochs, fine-tune pannuke 62 epochs, test consep; paper PQ
 
 import sys
 
-from stardist_hier.runner import row_main
+from stardist_hier.commands.replay import row_main
 
 ROW = dict(table=3, row=6,
            pretrain=("monusac", 175),  # dataset, epochs

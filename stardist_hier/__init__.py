@@ -12,7 +12,7 @@ from .hierarchy import ClassHierarchy, LabelSet, HierarchyError, default_hierarc
 _LAZY = {
     "HierConfig2D": "stardist_hier.model",
     "HierStarDist2D": "stardist_hier.model",
-    "HierStarDistData2D": "stardist_hier.targets",
+    "HierStarDistData2D": "stardist_hier.model",
 }
 
 

@@ -22,7 +22,7 @@ warped with nearest-neighbour sampling (instance ids are never mixed). Ids stay 
 (ignore regions) are left as they are.
 
 Colour augmentations work on normalised float images (the runner normalises every image
-as :func:`stardist_hier.evaluation.normalize_image`): brightness adds a constant, hue
+as :func:`stardist_hier.patches.normalize_image`): brightness adds a constant, hue
 rotates and saturation scales the chroma plane of the YIQ colour space. YIQ is linear, so
 values outside ``[0, 1]`` (percentile normalisation produces some) need no clipping.
 

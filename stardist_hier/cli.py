@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": ("stardist_hier.commands.evaluate", "score a model or saved predictions: bPQ, mPQ, mPQ+, F1, R2"),
     "synth": ("stardist_hier.commands.synth", "generate the synthetic hierarchical H&E datasets"),
     "demo": ("stardist_hier.commands.demo", "run the miniature version of the paper's experiments end to end"),
+    "replay": ("stardist_hier.commands.replay", "replay rows of the paper's Tables II and III (all 17 by default)"),
 }
 
 

@@ -37,7 +37,7 @@ from .atomic import atomic_write_text
 __all__ = [
     "PATCH_SIZE", "IGNORE", "PatchFormatError",
     "patch_path", "write_patch", "read_patch", "patch_exists", "list_patches", "list_splits",
-    "write_index", "read_index", "index_path",
+    "write_index", "read_index", "index_path", "prepare_command",
     "instance_classes", "class_counts", "relabel_instances", "paint_classes", "dense_ids",
     "tile_offsets", "tile_sample", "load_split", "normalize_image", "NORMALIZE_PERCENTILES",
 ]
@@ -203,6 +203,12 @@ def list_patches(root, dataset, split):
 # index
 
 
+def prepare_command(dataset, root):
+    """The command that makes the prepared dataset ``dataset`` under ``root`` (for error messages)."""
+    return f"stardist-hier prepare {dataset} --src <folder of the {dataset} download> --out {root}"
+
+
+
 def index_path(root, dataset):
     """Path of a dataset's ``index.csv``."""
     return Path(root) / str(dataset) / "index.csv"
@@ -234,7 +240,7 @@ def read_index(root, dataset):
     if not path.is_file():
         raise FileNotFoundError(
             f"no index for dataset '{dataset}': {path} does not exist; convert it with "
-            f"`stardist-hier prepare {dataset} --src <download folder> --out {root}`"
+            f"`{prepare_command(dataset, root)}`"
         )
     return pd.read_csv(path, dtype={"patch_id": str, "split": str, "source": str, "tissue": str})
 
@@ -461,12 +467,12 @@ def normalize_image(img):
     return normalize(img, lo, hi, axis=(0, 1), dtype=np.float32)
 
 
-def _missing_hint(root, dataset):
-    return f"`stardist-hier prepare {dataset} --src <folder of the {dataset} download> --out {root}`"
+def load_split(root, dataset, split, normalize=True, ids=None, label_set=None):
+    """Load one split of a prepared dataset, ready for ``HierStarDist2D.train``.
 
-
-def load_split(root, dataset, split, label_set=None):
-    """Load one split of a converted dataset for training.
+    This is the one loader of prepared data: the experiment runner, the claim study and
+    users call it, so training sees images normalised exactly as evaluation and prediction
+    normalise them (:func:`normalize_image`).
 
     Parameters
     ----------
@@ -476,6 +482,11 @@ def load_split(root, dataset, split, label_set=None):
         Dataset folder name (``'pannuke'``, ``'monusac'``, ...).
     split : str
         Split folder name (``'train'``, ``'val'``, ``'test'``, ``'fold1'``, ...).
+    normalize : bool
+        Normalise every image with :func:`normalize_image` (float32, what a model expects);
+        ``False`` returns the stored uint8 images.
+    ids : sequence of str, optional
+        Patch ids to load, in this order (default: every finished patch of the split, sorted).
     label_set : str, LabelSet or None
         If given, every class id is checked against this label set (a name is looked up
         in the default hierarchy), so a mismatch fails here rather than in training.
@@ -483,22 +494,35 @@ def load_split(root, dataset, split, label_set=None):
     Returns
     -------
     X : list of numpy.ndarray
-        ``(H, W, 3)`` uint8 images.
+        ``(H, W, 3)`` images: float32 normalised, or uint8 with ``normalize=False``.
     Y : list of numpy.ndarray
         ``(H, W)`` int32 instance masks (negative = ignore).
     classes : list of dict
         Per image ``{instance id: class id or None}``; pass as
         ``HierStarDist2D.train(X, Y, classes=classes, dataset=<label set name>)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such split (the message lists the splits present and the command that makes them),
+        or a requested patch id that is not there.
     """
     root = Path(root)
     folder = root / str(dataset) / str(split)
-    ids = list_patches(root, dataset, split)
-    if not ids:
+    present = list_patches(root, dataset, split)
+    if not present:
         have = list_splits(root, dataset)
-        what = (f"splits present: {have}" if have else f"dataset '{dataset}' has not been converted under {root}")
+        what = (f"splits present: {have}" if have else f"dataset '{dataset}' has not been prepared under {root}")
         raise FileNotFoundError(
-            f"no patches in {folder} ({what}); convert the dataset with {_missing_hint(root, dataset)}"
+            f"no patches in {folder} ({what}); convert the dataset with `{prepare_command(dataset, root)}`"
         )
+    if ids is None:
+        ids = present
+    else:
+        ids = [str(i) for i in ids]
+        missing = sorted(set(ids) - set(present))
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} requested patch(es) not in {folder}, e.g. '{missing[0]}'")
     checker = None
     if label_set is not None:
         from .hierarchy import ClassHierarchy, LabelSet
@@ -509,7 +533,7 @@ def load_split(root, dataset, split, label_set=None):
         image, mask = read_patch(root, dataset, split, pid)
         if checker is not None:
             checker.check_class_ids(mask[..., 1], where=str(patch_path(root, dataset, split, "masks", pid)))
-        X.append(image)
+        X.append(normalize_image(image) if normalize else image)
         Y.append(np.ascontiguousarray(mask[..., 0]))
         C.append(instance_classes(mask))
     return X, Y, C

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stardist_hier.baselines import (VARIANTS, BenchSettings, FlattenedModel, coarse_node, flatten_classes,
+from stardist_hier.experiments.claim import (VARIANTS, BenchSettings, FlattenedModel, coarse_node, flatten_classes,
                                      flatten_hierarchy, flatten_mask, load_split_data, train_variants)
 from stardist_hier.cli import main
 from stardist_hier.hierarchy import ClassHierarchy
@@ -171,7 +171,7 @@ def test_demo_figures_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """An interrupted figure write leaves the previous PNG, never a half-written one."""
     from matplotlib.figure import Figure
 
-    from stardist_hier.demo import write_figures
+    from stardist_hier.experiments.demo import write_figures
 
     first = write_figures(tmp_path / "no-runs", tmp_path, n_images=1)  # panels say 'not run'
     before = {p: p.read_bytes() for p in first}

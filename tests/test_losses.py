@@ -8,7 +8,7 @@ tf = pytest.importorskip("tensorflow")
 from stardist.models.base import weighted_categorical_crossentropy  # noqa: E402
 
 from stardist_hier.hierarchy import ClassHierarchy  # noqa: E402
-from stardist_hier.losses import (  # noqa: E402
+from stardist_hier.model.losses import (  # noqa: E402
     hierarchical_class_loss,
     modified_crossentropy,
     modified_focal_tversky,

@@ -12,7 +12,7 @@ from stardist.models import Config2D, StarDist2D  # noqa: E402
 from stardist.models.model2d import StarDistData2D  # noqa: E402
 
 from stardist_hier import ClassHierarchy, HierarchyError, HierConfig2D, HierStarDist2D  # noqa: E402
-from stardist_hier.targets import HierStarDistData2D  # noqa: E402
+from stardist_hier.model.targets import HierStarDistData2D  # noqa: E402
 
 from test_targets import make_images  # noqa: E402
 

@@ -7,8 +7,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from stardist_hier.report import NOT_RUN, collect_table, format_table
-from stardist_hier.runner import make_row_config, run_experiment
+from stardist_hier.experiments.report import NOT_RUN, collect_table, format_table
+from stardist_hier.experiments.config import make_row_config
+from stardist_hier.experiments.runner import run_experiment
 
 from experiment_data import TINY_RUN, make_tiny_data
 

@@ -200,7 +200,7 @@ def test_load_split(tmp_path):
         image, mask = _rand_patch(rng)
         P.write_patch(tmp_path, "consep", "train", pid, image, mask)
         written[pid] = (image, mask)
-    X, Y, C = P.load_split(tmp_path, "consep", "train", label_set="consep")
+    X, Y, C = P.load_split(tmp_path, "consep", "train", normalize=False, label_set="consep")
     assert len(X) == len(Y) == len(C) == 2
     for x, y, c, pid in zip(X, Y, C, ["p1", "p2"]):
         image, mask = written[pid]
@@ -208,6 +208,16 @@ def test_load_split(tmp_path):
         assert y.dtype == np.int32 and y.shape == (256, 256)
         np.testing.assert_array_equal(y, mask[..., 0])
         assert c == P.instance_classes(mask)
+    # by default images come normalised: per channel, percentile 1 -> 0 and 99.8 -> 1
+    Xn, Yn, _ = P.load_split(tmp_path, "consep", "train", ids=["p2"])
+    image = written["p2"][0].astype(np.float64)
+    assert Xn[0].dtype == np.float32 and len(Xn) == 1
+    for c in range(3):
+        lo, hi = np.percentile(image[..., c], 1), np.percentile(image[..., c], 99.8)
+        np.testing.assert_allclose(Xn[0][..., c], (image[..., c] - lo) / (hi - lo + 1e-20), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(Yn[0], written["p2"][1][..., 0])
+    with pytest.raises(FileNotFoundError, match="'p9'"):
+        P.load_split(tmp_path, "consep", "train", ids=["p9"])
     from stardist_hier.hierarchy import HierarchyError
 
     with pytest.raises(HierarchyError, match="monuseg"):

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from stardist_hier.paper_tables import ROWS, TABLE2, TABLE3, check_row, get_row
-from stardist_hier.runner import MissingDataError, make_row_config, normalize_config, run_experiment
+from stardist_hier.experiments.paper_tables import ROWS, TABLE2, TABLE3, check_row, get_row
+from stardist_hier.experiments.config import make_row_config, normalize_config
+from stardist_hier.experiments.data import MissingDataError
+from stardist_hier.experiments.runner import run_experiment
 
 from experiment_data import TINY_MODEL, TINY_RUN, make_tiny_data
 
@@ -172,7 +174,7 @@ def test_paper_tables_and_row_scripts():
     with pytest.raises(ValueError, match="unknown key"):
         normalize_config(dict(_single("x"), epochz=3))
     # --rows naming no paper row: a usage error, not a traceback
-    from stardist_hier.runner import run_all_main
+    from stardist_hier.commands.replay import run_all_main
 
     for bad in ("2:10", "table9_row1_x", "2:x"):
         with pytest.raises(SystemExit) as e:
@@ -184,7 +186,7 @@ def test_paper_tables_and_row_scripts():
 
 
 def test_monitor_state_plateau_and_early_stopping():
-    from stardist_hier.runner import update_monitor_state
+    from stardist_hier.experiments.checkpoints import update_monitor_state
 
     cfg = dict(reduce_lr=dict(factor=0.5, patience=2, min_lr=1e-4), early_stopping_patience=3)
     state = dict(best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False)

@@ -9,7 +9,7 @@ from skimage.draw import disk  # noqa: E402
 from stardist.models.model2d import StarDistData2D  # noqa: E402
 
 from stardist_hier.hierarchy import ClassHierarchy, HierarchyError  # noqa: E402
-from stardist_hier.targets import HierStarDistData2D  # noqa: E402
+from stardist_hier.model.targets import HierStarDistData2D  # noqa: E402
 
 
 def make_images(n, size=64, seed=0, n_obj=9, classes=(1, 2, 3), p_none=0.15, neg=True):

@@ -13,7 +13,7 @@ import sys
 
 
 def add_arguments(parser):
-    from ..demo import DEFAULT, QUICK
+    from ..experiments.demo import DEFAULT, QUICK
 
     def opt(flag, typ, field, help_text):
         parser.add_argument(flag, type=typ, default=None, dest=field,
@@ -47,8 +47,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..demo import run_demo, settings_from_args
-    from ..runner import MissingDataError
+    from ..experiments.data import MissingDataError
+    from ..experiments.demo import run_demo, settings_from_args
 
     try:
         settings = settings_from_args(args, quick=args.quick).check()

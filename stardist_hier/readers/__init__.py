@@ -27,6 +27,14 @@ def get_reader(name):
     return importlib.import_module(f"{__name__}.{key}")
 
 
+def download_url(name):
+    """Where dataset ``name`` is downloaded from (``None`` for a dataset without a reader)."""
+    try:
+        return get_reader(name).DOWNLOAD_URL
+    except ValueError:
+        return None
+
+
 def convert(*args, **kwargs):
     """See :func:`stardist_hier.readers.convert.convert`."""
     from .convert import convert as _convert
@@ -34,4 +42,4 @@ def convert(*args, **kwargs):
     return _convert(*args, **kwargs)
 
 
-__all__ = ["DATASETS", "get_reader", "convert", "ReaderError", "SkipSample", "Sample", "Labelled"]
+__all__ = ["DATASETS", "get_reader", "download_url", "convert", "ReaderError", "SkipSample", "Sample", "Labelled"]

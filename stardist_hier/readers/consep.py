@@ -29,6 +29,8 @@ from .base import Labelled, ReaderError, Sample, require_dir, to_rgb_uint8
 
 NAME = "consep"
 LABEL_SET = "consep"
+#: where the dataset is downloaded from
+DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/"
 CHUNK = 1
 VAL_FROM = "train"
 N_CLASSES = 7

@@ -36,6 +36,8 @@ from .consep import read_mat, read_png
 
 NAME = "lizard"
 LABEL_SET = "lizard"
+#: where the dataset is downloaded from
+DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/lizard/"
 CHUNK = 1
 VAL_FROM = "train"  # replaced by None when info.csv gives the folds (see find_samples)
 N_CLASSES = 6
@@ -190,6 +192,7 @@ class _ConicReader:
 
     NAME = "conic"
     LABEL_SET = "conic"
+    DOWNLOAD_URL = "https://conic-challenge.grand-challenge.org/"
     CHUNK = 32
     VAL_FROM = "train"
     find_samples = staticmethod(conic_find_samples)

@@ -31,6 +31,8 @@ from .imagescope import rasterize, read_imagescope
 
 NAME = "monusac"
 LABEL_SET = "monusac"
+#: where the dataset is downloaded from
+DOWNLOAD_URL = "https://monusac-2020.grand-challenge.org/Data/"
 CHUNK = 1
 VAL_FROM = "train"
 CLASSES = {"epithelial": 1, "lymphocyte": 2, "neutrophil": 3, "macrophage": 4}

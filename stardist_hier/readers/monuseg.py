@@ -21,6 +21,8 @@ from .imagescope import rasterize, read_imagescope
 
 NAME = "monuseg"
 LABEL_SET = "monuseg"
+#: where the dataset is downloaded from
+DOWNLOAD_URL = "https://monuseg.grand-challenge.org/Data/"
 CHUNK = 1
 VAL_FROM = "train"
 ROOT_CLASS = 1

@@ -43,6 +43,8 @@ from .base import Labelled, ReaderError, Sample, SkipSample, to_rgb_uint8
 
 NAME = "pannuke"
 LABEL_SET = "pannuke"
+#: where the dataset is downloaded from
+DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke"
 CHUNK = 16
 VAL_FROM = None
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")

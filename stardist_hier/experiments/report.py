@@ -240,8 +240,8 @@ def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=
     import matplotlib.pyplot as plt
     import yaml
 
-    from . import patches as P
-    from .evaluation import normalize_image
+    from .. import patches as P
+    from ..patches import normalize_image
 
     import textwrap
 
@@ -259,7 +259,7 @@ def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=
                 _placeholder(ax, NOT_RUN)
             axrow[0].set_title(textwrap.fill(f"{name}: {NOT_RUN}", wrap), fontsize=9, loc="left")
             continue
-        from .model import HierStarDist2D
+        from ..model import HierStarDist2D
 
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         root = Path(data_root or cfg["data_root"])
@@ -325,7 +325,8 @@ def setup_notebook(data_root=None, scale=None, results_dir=None, run_missing=Non
         run_missing = synthetic
     if run_missing:
         from .paper_tables import ROWS
-        from .runner import ensure_synthetic, run_rows
+        from .data import ensure_synthetic
+        from .runner import run_rows
 
         if synthetic and not _is_synthetic(data_root):
             ensure_synthetic(data_root)

@@ -3,7 +3,7 @@
 :class:`HierStarDistData2D` is StarDist's own :class:`stardist.models.StarDistData2D`
 (patch sampling, foreground sampling, augmenter, grid subsampling, negative-label ignore
 regions, shape completion are all the stock code) with the class target replaced by the
-packed hierarchical target described in :mod:`stardist_hier.losses`: per pixel the leaves
+packed hierarchical target described in :mod:`stardist_hier.model.losses`: per pixel the leaves
 its label admits, per sample the leaf groups of its label set. Samples of different
 datasets can share a batch.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from scipy.ndimage import zoom
 from stardist.models.model2d import StarDistData2D
 
-from .hierarchy import ClassHierarchy, LabelSet
+from ..hierarchy import ClassHierarchy, LabelSet
 
 __all__ = ["HierStarDistData2D", "resolve_label_sets", "check_instance_classes", "ClassTargetEncoder"]
 

@@ -1,133 +1,27 @@
-"""Hierarchy-aware StarDist: :class:`HierConfig2D` and :class:`HierStarDist2D`.
+"""Hierarchy-aware StarDist: :class:`HierStarDist2D`.
 
-Both subclass their StarDist counterparts and keep their constructors, so existing
+It subclasses :class:`stardist.models.StarDist2D` and keeps its constructor, so existing
 pipelines can swap the class in. The network is stock StarDist's multi-class network with
 ``n_classes`` = the number of leaves of the hierarchy; what changes is the class target
-(:mod:`stardist_hier.targets`), the class loss (:mod:`stardist_hier.losses`), training on
-several datasets, and how predicted instances get their class.
+(:mod:`.targets`), the class loss (:mod:`.losses`), training on several datasets, and how
+predicted instances get their class.
 """
 
 from __future__ import annotations
 
 import warnings
-from numbers import Integral
 
-import keras
 import numpy as np
-from csbdeep.utils import load_json
 from stardist.models import Config2D, StarDist2D
 
-from .atomic import atomic_write_json
-from .hierarchy import ClassHierarchy, HierarchyError
-from .losses import FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA, hierarchical_class_loss
+from ..hierarchy import ClassHierarchy
+from .callbacks import PerDatasetValidation
+from .config import HierConfig2D
+from .folder import read_config, write_config_files
+from .losses import hierarchical_class_loss
 from .targets import HierStarDistData2D, resolve_label_sets
 
-__all__ = ["HierConfig2D", "HierStarDist2D", "HIER_CONFIG_DEFAULTS"]
-
-#: Parameters that :class:`HierConfig2D` adds to :class:`stardist.models.Config2D`, with
-#: their defaults. They are saved to ``hier_config.json`` (and the hierarchy to
-#: ``hierarchy.yaml``) beside ``config.json``, which keeps only stock keys so that stock
-#: ``StarDist2D(None, name, basedir)`` loads the folder.
-HIER_CONFIG_DEFAULTS = dict(
-    hierarchy=None,
-    train_class_ce_weight=1.0,
-    train_focal_tversky_weight=1.0,
-    train_focal_tversky_alpha=FOCAL_TVERSKY_ALPHA,
-    train_focal_tversky_gamma=FOCAL_TVERSKY_GAMMA,
-    train_focal_tversky_mode="pixelwise",
-    train_early_stopping_patience=None,
-    predict_class_from="instance",
-)
-
-HIER_CONFIG_FILE = "hier_config.json"
-HIERARCHY_FILE = "hierarchy.yaml"
-
-
-class HierConfig2D(Config2D):
-    """Configuration of a :class:`HierStarDist2D` model.
-
-    Takes every parameter of :class:`stardist.models.Config2D` (same positional order) and:
-
-    Parameters
-    ----------
-    hierarchy : str, path, dict, ClassHierarchy or None
-        Class hierarchy (YAML path, ``'default'`` for the one shipped with the package, a
-        dict as in the YAML, or a :class:`ClassHierarchy`). Sets ``n_classes`` to its number
-        of leaves; a different explicit ``n_classes`` is an error. ``None``: a flat
-        hierarchy of ``n_classes`` leaves with one label set ``'default'`` (ids 1..n_classes),
-        i.e. stock multi-class StarDist.
-
-    Attributes
-    ----------
-    hierarchy : dict or None
-        The hierarchy as a plain dict (see :meth:`ClassHierarchy.to_dict`).
-    train_class_ce_weight : float
-        Weight of the modified cross-entropy (paper Eq. 2) in the class loss (default 1).
-    train_focal_tversky_weight : float
-        Weight of the modified focal Tversky loss (paper Eq. 4) in the class loss
-        (default 1; the paper uses "a positive combination" of the two). 0 switches it off,
-        and with a flat hierarchy the class loss is then exactly stock StarDist's.
-    train_focal_tversky_alpha : float
-        Weight of false negatives in the Tversky index (default 0.7, Abraham & Khan 2019,
-        also StarDist's CoNIC recipe).
-    train_focal_tversky_gamma : float
-        Exponent applied to ``1 - TI`` (default 0.75 = 1/(4/3), Abraham & Khan 2019).
-    train_focal_tversky_mode : str
-        ``'pixelwise'`` (paper Eq. 4, per pixel) or ``'classwise'`` (per label-set class,
-        summed over the pixels of each image, Abraham & Khan 2019).
-    train_early_stopping_patience : int or None
-        Stop a :meth:`HierStarDist2D.train` call when ``val_loss`` has not improved for
-        this many epochs (the paper monitors validation loss); ``None`` disables it.
-    predict_class_from : str
-        ``'instance'``: an instance's class probabilities are the object-probability-weighted
-        mean of the class map over its pixels, background excluded from the arg-max
-        (StarDist's CoNIC 2022 rule). ``'center'``: stock StarDist (class map at the polygon
-        centre, arg-max over all channels, background included).
-    train_tensorboard : bool
-        As in StarDist, but off by default: TensorFlow >= 2.21 no longer installs
-        TensorBoard, and StarDist's callback would fail at the first epoch without it.
-    """
-
-    def __init__(self, axes="YX", n_rays=32, n_channel_in=1, grid=(1, 1), n_classes=None, backbone="unet",
-                 hierarchy=None, **kwargs):
-        """See class docstring."""
-        if hierarchy is not None:
-            h = ClassHierarchy.resolve(hierarchy)
-            if n_classes is not None and int(n_classes) != h.n_classes:
-                raise HierarchyError(f"n_classes={n_classes} but the hierarchy ({h.source}) has {h.n_classes} leaves")
-            n_classes = h.n_classes
-            hierarchy = h.to_dict()
-        for key, value in HIER_CONFIG_DEFAULTS.items():
-            setattr(self, key, value)
-        self.hierarchy = hierarchy
-        kwargs.setdefault("train_tensorboard", False)
-        super().__init__(axes=axes, n_rays=n_rays, n_channel_in=n_channel_in, grid=grid,
-                         n_classes=n_classes, backbone=backbone, **kwargs)
-
-    def is_valid(self, return_invalid=False):
-        ok, invalid = super().is_valid(True)
-        checks = {
-            "train_class_ce_weight": self.train_class_ce_weight >= 0,
-            "train_focal_tversky_weight": self.train_focal_tversky_weight >= 0
-            and self.train_class_ce_weight + self.train_focal_tversky_weight > 0,
-            "train_focal_tversky_alpha": 0 < self.train_focal_tversky_alpha < 1,
-            "train_focal_tversky_gamma": self.train_focal_tversky_gamma > 0,
-            "train_focal_tversky_mode": self.train_focal_tversky_mode in ("pixelwise", "classwise"),
-            "train_early_stopping_patience": self.train_early_stopping_patience is None
-            or (isinstance(self.train_early_stopping_patience, Integral) and self.train_early_stopping_patience >= 1),
-            "predict_class_from": self.predict_class_from in ("instance", "center"),
-        }
-        invalid = tuple(invalid) + tuple(k for k, good in checks.items() if not good)
-        ok = len(invalid) == 0
-        return (ok, invalid) if return_invalid else ok
-
-    @classmethod
-    def from_config2d(cls, config, **kwargs):
-        """Convert a stock :class:`Config2D` (same network and training parameters)."""
-        params = {k: v for k, v in vars(config).items() if k not in ("n_dim", "n_channel_out")}
-        params.update(kwargs)
-        return cls(**params)
-
+__all__ = ["HierStarDist2D"]
 
 class HierStarDist2D(StarDist2D):
     """StarDist2D trained on datasets whose label sets are cuts of one class hierarchy.
@@ -174,45 +68,11 @@ class HierStarDist2D(StarDist2D):
             return
         self.logdir = self.basedir / self.name
         if self.config is None:
-            self.config = self._load_config(self.logdir)
+            self.config = read_config(self.logdir)
             return
         if self.logdir.exists():
             warnings.warn(f"output path for model already exists, files may be overwritten: {self.logdir.resolve()}")
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        params = vars(self.config)
-        atomic_write_json(self.logdir / "config.json",
-                          {k: v for k, v in params.items() if k not in HIER_CONFIG_DEFAULTS})
-        atomic_write_json(self.logdir / HIER_CONFIG_FILE,
-                          {k: params[k] for k in HIER_CONFIG_DEFAULTS if k != "hierarchy"})
-        if self.config.hierarchy is not None:
-            ClassHierarchy.from_dict(self.config.hierarchy).to_yaml(self.logdir / HIERARCHY_FILE)
-        elif (self.logdir / HIERARCHY_FILE).exists():
-            (self.logdir / HIERARCHY_FILE).unlink()
-
-    @classmethod
-    def _load_config(cls, logdir):
-        config_file = logdir / "config.json"
-        if not config_file.exists():
-            raise FileNotFoundError(f"config file doesn't exist: {config_file.resolve()}")
-        params = HierConfig2D.update_loaded_config(load_json(str(config_file)))
-        extra_file = logdir / HIER_CONFIG_FILE
-        if extra_file.exists():
-            extra = load_json(str(extra_file))
-            unknown = sorted(set(extra) - set(HIER_CONFIG_DEFAULTS))
-            if unknown:
-                raise ValueError(f"{extra_file}: unknown parameter(s) {unknown}")
-            params.update(extra)
-        hierarchy_file = logdir / HIERARCHY_FILE
-        if hierarchy_file.exists():
-            h = ClassHierarchy.from_yaml(hierarchy_file)
-            if params.get("n_classes") != h.n_classes:
-                raise HierarchyError(f"{hierarchy_file} has {h.n_classes} leaves but the model in {logdir} "
-                                     f"was built with n_classes={params.get('n_classes')}")
-            params["hierarchy"] = h
-        config = HierConfig2D(**params)
-        if not config.is_valid():
-            raise ValueError(f"invalid parameters in {logdir}: {', '.join(config.is_valid(True)[1])}")
-        return config
+        write_config_files(self.logdir, self.config)
 
     def load_weights(self, name="weights_best.h5"):
         """Load weights from the model folder, with a clear error if they do not fit."""
@@ -512,30 +372,3 @@ class HierStarDist2D(StarDist2D):
         have = total > 0
         out[have] = sums[have] / total[have, None]
         return out
-
-
-class PerDatasetValidation(keras.callbacks.Callback):
-    """Keras callback adding ``val_loss_<label set>`` to the logs of each epoch.
-
-    Parameters
-    ----------
-    data_by_set : dict
-        Label-set name -> ``(inputs, targets)`` validation arrays.
-    batch_size : int
-        Batch size of the evaluation.
-    """
-
-    def __init__(self, data_by_set, batch_size):
-        super().__init__()
-        self.data_by_set = data_by_set
-        self.batch_size = batch_size
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        if len(self.data_by_set) == 1 and "val_loss" in logs:
-            logs[f"val_loss_{next(iter(self.data_by_set))}"] = logs["val_loss"]
-            return
-        for name, (x, y) in self.data_by_set.items():
-            result = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
-            logs[f"val_loss_{name}"] = float(result["loss"])

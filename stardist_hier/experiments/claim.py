@@ -32,7 +32,7 @@ of training steps on target data where a variant has a fine-tuning phase:
     target does not annotate is dropped.
 
 Every variant is evaluated on the target's test split at the target's own label set with
-:func:`stardist_hier.evaluation.evaluate_folder` (default thresholds 0.5 / 0.4 for all, no
+:func:`stardist_hier.metrics.evaluate_folder` (default thresholds 0.5 / 0.4 for all, no
 threshold optimisation, no augmentation, final weights, so that no variant gets a
 selection step the others lack).
 """
@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .augment import class_counts_of
-from .hierarchy import ClassHierarchy
+from ..atomic import atomic_write_text
+from ..augment import class_counts_of
+from ..hierarchy import ClassHierarchy
 
 __all__ = ["VARIANTS", "SOURCES", "METRICS", "BenchSettings", "FlatHierarchy", "coarse_node", "flatten_hierarchy",
            "flatten_classes", "flatten_mask", "FlattenedModel", "load_split_data", "train_variants",
@@ -254,9 +254,8 @@ class BenchSettings:
 
 
 def load_split_data(data_root, dataset, split, hierarchy="default", max_images=None):
-    """Normalised images, instance masks and class dicts of one split (the runner's loader)."""
-    from . import patches as P
-    from .runner import load_images
+    """Normalised images, instance masks and class dicts of one split (the first ``max_images``)."""
+    from .. import patches as P
 
     h = ClassHierarchy.resolve(hierarchy)
     ids = P.list_patches(data_root, dataset, split)
@@ -264,46 +263,29 @@ def load_split_data(data_root, dataset, split, hierarchy="default", max_images=N
         ids = ids[:max_images]
     if not ids:
         raise FileNotFoundError(f"no patches in {Path(data_root) / dataset / split}")
-    return load_images(data_root, dataset, split, h.label_set(dataset), ids)
+    return P.load_split(data_root, dataset, split, ids=ids, label_set=h.label_set(dataset))
 
 
 def _seed(seed):
-    import keras
+    from ..model.build import seed_everything
 
-    keras.utils.set_random_seed(int(seed) % (2**31 - 1))
+    seed_everything(seed)
 
 
 def _new_model(settings, hierarchy, seed):
-    import warnings
+    from ..model.build import build_model
 
-    from .model import HierConfig2D, HierStarDist2D
-
-    _seed(seed)
-    conf = HierConfig2D(hierarchy=hierarchy, **settings.model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return HierStarDist2D(conf, basedir=None)
+    return build_model(hierarchy, settings.model, seed=seed)
 
 
 def _clone(model):
     """Same config, weights and optimizer state, as a new model (to fork after pre-training)."""
-    import warnings
+    from ..model import HierStarDist2D
+    from ..model.folder import copy_optimizer_state
 
-    from .model import HierStarDist2D
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        twin = HierStarDist2D(model.config, basedir=None)
+    twin = HierStarDist2D(model.config, basedir=None)
     twin.keras_model.set_weights(model.keras_model.get_weights())
-    twin.prepare_for_training()
-    opt = twin.keras_model.optimizer
-    if not opt.built:
-        opt.build(twin.keras_model.trainable_variables)
-    src = model.keras_model.optimizer.variables
-    if len(src) != len(opt.variables):
-        raise RuntimeError("optimizer states differ in size; cannot clone the model")
-    for v, w in zip(opt.variables, src):
-        v.assign(w)
+    copy_optimizer_state(model, twin)
     return twin
 
 
@@ -399,7 +381,7 @@ def train_variants(target, source, data, settings, seed, variants=None, hierarch
 
 
 def _evaluate(model, data_root, target, hierarchy):
-    from .evaluation import evaluate_folder
+    from ..metrics import evaluate_folder
 
     res = evaluate_folder(data_root, split="test", dataset=target, model=model, hierarchy=hierarchy, progress=False,
                           centroid_radius=None)

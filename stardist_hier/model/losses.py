@@ -3,7 +3,7 @@
 Target layout
 -------------
 The class target of a batch has ``2 * n_out`` channels, ``n_out = n_classes + 1``
-(see :class:`stardist_hier.targets.HierStarDistData2D`):
+(see :class:`stardist_hier.model.targets.HierStarDistData2D`):
 
 ``[..., :n_out]`` -- *admitted leaves*
     Multi-hot over the output channels: 1 for every leaf under the pixel's label node

@@ -1,7 +1,7 @@
 """The project's main job in miniature: ``stardist-hier demo``.
 
 On synthetic H&E data (:mod:`stardist_hier.synth`, made if absent), run four rows of the
-paper's protocol through the experiment runner (:mod:`stardist_hier.runner`):
+paper's protocol through the experiment runner (:mod:`stardist_hier.experiments.runner`):
 
 * Table II row 4: MoNuSAC only, tested on MoNuSAC (target-only training);
 * Table II row 6: PanNuke then MoNuSAC, tested on MoNuSAC (pre-train, then fine-tune);
@@ -99,7 +99,7 @@ QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.04, 
 
 def demo_configs(settings, seed=0):
     """The runner configs of :data:`DEMO_ROWS` at the demo's sizes."""
-    from .runner import make_row_config
+    from .config import make_row_config
 
     s = settings
     over = dict(
@@ -168,11 +168,11 @@ def run_demo(out, data=None, settings=None, seed=0, data_seed=0, progress=True, 
     """
     from tqdm import tqdm
 
-    from .atomic import atomic_write_text
+    from ..atomic import atomic_write_text
     from .paper_tables import get_row
     from .report import run_status
     from .runner import run_experiment
-    from .synth import generate_all
+    from ..synth import generate_all
 
     t0 = time.perf_counter()
     settings = (settings or DEFAULT).check()
@@ -234,7 +234,7 @@ def demo_table(runs):
     Parameters
     ----------
     runs : dict
-        Row name -> :class:`stardist_hier.runner.RunResult`.
+        Row name -> :class:`stardist_hier.experiments.runner.RunResult`.
 
     Returns
     -------
@@ -293,7 +293,7 @@ def write_figures(runs_dir, out, n_images=3, data_root=None):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_save
+    from ..atomic import atomic_save
     from .report import figure_panels, plot_loss_curves, plot_overlays
 
     out = Path(out)

@@ -1,0 +1,14 @@
+"""Applications of the library: the paper's experiments, their report, the claim study, the demo.
+
+* :mod:`.config`: run configs and the two scales (``paper``, ``smoke``);
+* :mod:`.data`: which splits a run uses, checked before any training;
+* :mod:`.checkpoints`: episodes, per-epoch checkpoints, resuming, stopping and best weights;
+* :mod:`.runner`: :func:`run_experiment`, the run folder;
+* :mod:`.paper_tables`: the rows of Tables II and III;
+* :mod:`.report`: the tables and figures of run folders, notebook setup;
+* :mod:`.claim`: the benchmark of the paper's claim (variants side by side);
+* :mod:`.demo`: the project's main job in miniature.
+
+These modules import the core (:mod:`stardist_hier.hierarchy`, :mod:`~stardist_hier.patches`,
+:mod:`~stardist_hier.metrics`, :mod:`~stardist_hier.model`, ...); the core never imports them.
+"""

@@ -1,0 +1,238 @@
+"""Episodes of a run: their cache keys, training with per-epoch checkpoints, resuming, finishing.
+
+Every episode trains in a cache folder keyed by a hash of everything that determines it
+(:func:`episode_key`). After every epoch its weights, optimizer state, history and monitor
+state are saved (versioned files, then a ``state.json`` naming them, written by rename: an
+interruption leaves either the old or the new epoch, never a mix); a restarted run continues
+from the last saved epoch.
+
+Best weights, the learning-rate plateau and early stopping of a run are decided here, in
+:func:`update_monitor_state`, and nowhere else: the state lives in the checkpoint, so a
+resumed episode continues the counts instead of restarting them as fresh Keras callbacks
+would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..atomic import atomic_write_text
+from ..hierarchy import ClassHierarchy
+from .config import TRAINING_FORMAT, plain
+from .data import data_fingerprint
+
+__all__ = ["log", "history_columns", "episode_key", "update_monitor_state", "train_episode", "finish_episode",
+           "load_episode_into"]
+
+
+def log(msg, verbose=1):
+    """Print a progress line when ``verbose``."""
+    if verbose:
+        print(msg, flush=True)
+
+
+def history_columns(dataset):
+    return ["epoch", "episode", "dataset", "episode_epoch", "loss", "val_loss", f"val_loss_{dataset}", "prob_loss",
+            "dist_loss", "prob_class_loss", "val_prob_loss", "val_dist_loss", "val_prob_class_loss", "lr", "seconds"]
+
+
+def episode_key(cfg, data_root, index):
+    """What determines episode ``index`` (and so its cache folder)."""
+    eps = []
+    for ep in cfg["episodes"][: index + 1]:
+        ds = ep["dataset"]
+        sp = cfg["_splits"][ds]
+        eps.append(dict(dataset=ds, epochs=ep["epochs"], data=data_fingerprint(data_root, ds),
+                        splits=dict(train=sp["train"], val=sp["val"])))
+    h = ClassHierarchy.resolve(cfg["hierarchy"]).to_dict()
+    return dict(format=TRAINING_FORMAT, episodes=eps, seed=cfg["seed"], model=cfg["model"], augment=cfg["augment"],
+                steps_per_epoch=cfg["steps_per_epoch"], early_stopping_patience=cfg["early_stopping_patience"],
+                reduce_lr=cfg["reduce_lr"], restore_best=cfg["restore_best"], deterministic=cfg["deterministic"],
+                max_images=dict(train=cfg["max_images"]["train"], val=cfg["max_images"]["val"]), hierarchy=h)
+
+
+def update_monitor_state(state, monitor, epoch, lr, cfg):
+    """Best validation loss, learning-rate plateau and early stopping after one epoch.
+
+    The state lives in the checkpoint (``state.json``), so a resumed episode continues the
+    counts instead of restarting them as fresh Keras callbacks would.
+
+    Parameters
+    ----------
+    state : dict
+        ``best``, ``best_epoch``, ``wait`` (epochs since the best), ``lr_wait`` (epochs
+        since the best or the last reduction), ``stopped_early``; updated in place.
+    monitor : float
+        This epoch's validation loss.
+    epoch : int
+        This epoch (1-based, within the episode).
+    lr : float
+        Current learning rate.
+    cfg : dict
+        Run config (``reduce_lr``, ``early_stopping_patience``).
+
+    Returns
+    -------
+    improved : bool
+    new_lr : float or None
+        The reduced learning rate, if it is reduced now.
+    stop : bool
+    """
+    improved = bool(np.isfinite(monitor) and monitor < state["best"])
+    if improved:
+        state.update(best=float(monitor), best_epoch=int(epoch), wait=0, lr_wait=0)
+    else:
+        state["wait"] += 1
+        state["lr_wait"] += 1
+    new_lr = None
+    rl = cfg.get("reduce_lr")
+    if rl and not improved and state["lr_wait"] >= int(rl["patience"]):
+        new_lr = max(lr * float(rl["factor"]), float(rl.get("min_lr", 0.0)))
+        state["lr_wait"] = 0
+    pat = cfg.get("early_stopping_patience")
+    stop = pat is not None and state["wait"] >= pat
+    if stop:
+        state["stopped_early"] = True
+    return improved, new_lr, stop
+
+
+def _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoch_end):
+    """Keras callback: per-epoch bookkeeping, best weights, LR plateau, early stopping, saving."""
+    import keras
+
+    from ..model.folder import save_optimizer_state, save_weights
+
+    ckpt = Path(ep_dir) / "checkpoint"
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            e = state["epochs_done"] + 1
+            opt = self.model.optimizer
+            lr = float(np.asarray(opt.learning_rate))
+            ds = info["dataset"]
+            row = dict(episode=info["episode"], dataset=ds, episode_epoch=e, lr=lr,
+                       seconds=round(time.perf_counter() - self.t0, 3))
+            for k in history_columns(ds)[4:-2]:
+                row[k] = float(logs[k]) if k in logs else float("nan")
+            rows.append(row)
+            monitor = row["val_loss"]
+            improved, new_lr, stop = update_monitor_state(state, monitor, e, lr, cfg)
+            files = dict(state.get("files") or {})
+            if improved:
+                files["best"] = f"weights_best_{e:05d}.h5"
+                save_weights(model, ckpt / files["best"])
+            if new_lr is not None:
+                opt.learning_rate.assign(new_lr)
+                log(f"    reducing learning rate to {new_lr:.3g}", verbose)
+            if stop:
+                self.model.stop_training = True
+                log(f"    early stopping: val_loss has not improved for {state['wait']} epochs", verbose)
+            files["last"] = f"weights_last_{e:05d}.h5"
+            files["optimizer"] = f"optimizer_{e:05d}.npz"
+            save_weights(model, ckpt / files["last"])
+            save_optimizer_state(opt, ckpt / files["optimizer"])
+            atomic_write_text(ckpt / f"history_{e:05d}.csv", _rows_frame(rows, ds).to_csv(index=False))
+            files["history"] = f"history_{e:05d}.csv"
+            old = dict(state.get("files") or {})
+            state["epochs_done"] = e
+            state["files"] = files
+            # the commit point: state.json names this epoch's files
+            atomic_write_text(ckpt / "state.json", json.dumps(state, indent=1))
+            for key, name in old.items():
+                if name != files.get(key) and (ckpt / name).exists():
+                    (ckpt / name).unlink()
+            best = f"best {state['best']:.4f} @ {state['best_epoch']}" if state["best_epoch"] else ""
+            log(f"  [{info['run']}] episode {info['episode']}/{info['n_episodes']} {ds}: epoch {e}/{info['epochs']}"
+                 f"  loss {row['loss']:.4f}  val_loss {monitor:.4f}  {best}  ({row['seconds']:.1f} s)", verbose)
+            if on_epoch_end is not None:
+                on_epoch_end(dict(run=info["run"], episode=info["episode"], dataset=ds, epoch=e))
+
+    return EpochCheckpoint()
+
+
+def _rows_frame(rows, dataset):
+    import pandas as pd
+
+    cols = [c for c in history_columns(dataset) if c != "epoch"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def train_episode(model, cfg, i, ep_dir, data, verbose, on_epoch_end):
+    """Train (or resume) episode ``i`` in ``ep_dir``; return the number of epochs trained now."""
+    from ..augment import ClassAwareAugmenter, oversample_indices, rare_image_indices
+    from ..model.build import derive_seed, seed_everything
+    from ..model.folder import load_optimizer_state
+
+    ep = cfg["episodes"][i]
+    ds = ep["dataset"]
+    ckpt = ep_dir / "checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = dict(epochs_done=0, best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False, files={})
+    rows = []
+    if (ckpt / "state.json").is_file():
+        import pandas as pd
+
+        state = json.loads((ckpt / "state.json").read_text())
+        files = state["files"]
+        model.keras_model.load_weights(str(ckpt / files["last"]))
+        load_optimizer_state(model, ckpt / files["optimizer"])
+        rows = pd.read_csv(ckpt / files["history"]).to_dict("records")
+        log(f"  resuming episode {i + 1} ({ds}) after epoch {state['epochs_done']}/{ep['epochs']}", verbose)
+    start = state["epochs_done"]
+    remaining = ep["epochs"] - start
+    X, Y, C, Xv, Yv, Cv = data
+    if remaining > 0 and not state["stopped_early"]:
+        seed = derive_seed(cfg["seed"], i, start)
+        seed_everything(seed, cfg["deterministic"])
+        augmenter = None
+        if cfg["augment"] is not None:
+            Y, C, augmenter = ClassAwareAugmenter.for_dataset(Y, C, cfg["augment"], seed=seed)
+            factor = cfg["augment"]["oversample_rare"]
+            if factor > 1:
+                idx = oversample_indices(len(X), rare_image_indices(C, augmenter.rare_classes), factor, seed)
+                X, Y, C = [X[k] for k in idx], [Y[k] for k in idx], [C[k] for k in idx]
+        info = dict(run=cfg["name"], episode=i + 1, n_episodes=len(cfg["episodes"]), dataset=ds, epochs=ep["epochs"])
+        cb = _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoch_end)
+        # epochs=remaining with initial_epoch=0: the data generator is built for exactly the
+        # batches that are consumed, so no prefetching thread outlives the call
+        model.train(X, Y, validation_data=(Xv, Yv, Cv), classes=C, dataset=ds, augmenter=augmenter, seed=seed,
+                    epochs=remaining, steps_per_epoch=cfg["steps_per_epoch"], callbacks=[cb],
+                    verbose=1 if verbose >= 2 else 0)
+        if state["stopped_early"]:
+            time.sleep(0.5)  # let a batch that TensorFlow was still prefetching finish (see module docs)
+    trained = state["epochs_done"] - start
+    if cfg["restore_best"] and state["files"].get("best"):
+        model.keras_model.load_weights(str(ckpt / state["files"]["best"]))
+    return trained, state, rows
+
+
+def finish_episode(model, ep_dir, state, rows, key, ds):
+    """Write the episode's model folder, optimizer state, history and key; mark it done."""
+    from ..model.folder import save_optimizer_state, write_model_folder
+
+    write_model_folder(model, ep_dir / "model")
+    save_optimizer_state(model.keras_model.optimizer, ep_dir / "optimizer.npz")
+    atomic_write_text(ep_dir / "history.csv", _rows_frame(rows, ds).to_csv(index=False))
+    atomic_write_text(ep_dir / "key.yaml", yaml.safe_dump(plain(key), sort_keys=False))
+    done = dict(epochs=state["epochs_done"], best=state["best"] if np.isfinite(state["best"]) else None,
+                best_epoch=state["best_epoch"], stopped_early=state["stopped_early"], finished=time.time())
+    atomic_write_text(ep_dir / "done.json", json.dumps(done, indent=1))
+    shutil.rmtree(ep_dir / "checkpoint", ignore_errors=True)
+
+
+def load_episode_into(model, ep_dir):
+    """Continue from a finished episode: its final weights and optimizer state."""
+    from ..model.folder import load_optimizer_state
+
+    model.keras_model.load_weights(str(ep_dir / "model" / "weights_best.h5"))
+    load_optimizer_state(model, ep_dir / "optimizer.npz")

@@ -1,0 +1,329 @@
+"""Experiment runner: the paper's protocol (episodes of training on one dataset each), then
+evaluation of every test set at its own label set, into one run folder.
+
+The config is described in :mod:`.config`.
+
+Run folder ``<out>/<name>/``:
+
+* ``config.yaml``: the exact config used (resolved splits, data root and a fingerprint of
+  each dataset's ``index.csv``, versions);
+* ``model/``: the final model (loads with ``HierStarDist2D(None, 'model', run_folder)`` and
+  with stock ``StarDist2D``);
+* ``history.csv``: one row per epoch: ``epoch`` (over the whole run), ``episode``,
+  ``dataset``, ``episode_epoch``, the training and validation losses, ``lr``, ``seconds``
+  and ``reused`` (the episode was found finished in the cache: trained by another run that
+  shares it, or by this run before an interruption);
+* ``metrics.csv``: one row per test dataset, every convention of
+  :mod:`stardist_hier.metrics.folder`; ``eval/`` the per-image CSVs;
+* ``run.json``: written last: the run is complete.
+
+Sharing, resuming, reproducing
+------------------------------
+Every episode trains in a cache folder ``<cache>/<k>-<dataset>-<epochs>ep-<hash>`` keyed by a
+hash of everything that determines it: the model and augmentation config, the seed, the
+training settings, the data (``index.csv`` of each dataset) and all earlier episodes. Runs
+that share a pre-training (PanNuke for 250 epochs is the first episode of four rows) find it
+finished there and reuse it. After every epoch the episode's weights, optimizer state,
+history and early-stopping state are saved (versioned files, then a ``state.json`` naming
+them, written by rename: an interruption leaves either the old or the new epoch, never a
+mix); a restarted run continues from the last saved epoch.
+
+Before training, the model's weights are initialised from ``seed`` and every episode reseeds
+numpy, Python's ``random``, TensorFlow (``keras.utils.set_random_seed``) and the augmenter
+from ``(seed, episode, first epoch)``, so rerunning a config reproduces its history on the
+CPU. A resumed episode reseeds from the epoch it resumes at: it is itself reproducible but
+draws other patches than an uninterrupted run would after that epoch. (With early stopping,
+TensorFlow may still be prefetching a batch of a stopped episode when the next one reseeds;
+the runner waits for it, but exact reproducibility is only tested without early stopping.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import __version__
+from .. import patches as P
+from ..atomic import atomic_write_text
+from ..hierarchy import ClassHierarchy
+from .checkpoints import episode_key, finish_episode, load_episode_into, log, train_episode
+from .config import config_hash, make_row_config, normalize_config, plain
+from .data import check_data, data_fingerprint, select_ids
+from .paper_tables import PaperRow, get_row
+
+__all__ = ["RunResult", "run_experiment", "run_rows", "load_run"]
+
+
+def _test_view(root, dataset, split, ids, view_root):
+    """A folder with only the chosen test patches (links), for :func:`evaluate_folder`."""
+    view_root = Path(view_root)
+    if view_root.exists():
+        shutil.rmtree(view_root)
+    for kind in ("images", "masks"):
+        for pid in ids:
+            src = P.patch_path(root, dataset, split, kind, pid)
+            dst = P.patch_path(view_root, dataset, split, kind, pid)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.symlink(Path(src).resolve(), dst)
+            except OSError:
+                shutil.copy2(src, dst)
+    idx = P.read_index(root, dataset)
+    idx = idx[(idx["split"].astype(str) == split) & idx["patch_id"].astype(str).isin(ids)]
+    P.write_index(view_root, dataset, idx)
+    return view_root
+
+
+def _evaluate(model, cfg, data_root, run_dir, verbose):
+    import pandas as pd
+
+    from ..metrics import evaluate_folder, write_results
+
+    rows = []
+    for ds in cfg["test"]:
+        split = cfg["_splits"][ds]["test"]
+        root = Path(data_root)
+        n_max = cfg["max_images"]["test"]
+        ids = select_ids(root, ds, split, n_max, cfg["seed"])
+        if n_max is not None and len(ids) < len(P.list_patches(root, ds, split)):
+            root = _test_view(data_root, ds, split, ids, Path(run_dir) / ".eval_data")
+        log(f"  [{cfg['name']}] evaluating on {ds}/{split} ({len(ids)} images) at label set '{ds}'", verbose)
+        res = evaluate_folder(root, split=split, dataset=ds, model=model, progress=verbose >= 2)
+        write_results(res, Path(run_dir) / "eval")
+        rows.append(dict(res.summary))
+        if root != Path(data_root):
+            shutil.rmtree(root, ignore_errors=True)
+    df = pd.DataFrame(rows)
+    front = ["dataset", "split", "label_set"]
+    return df[front + [c for c in df.columns if c not in front]]
+
+
+# ----------------------------------------------------------------------------------------
+# the run
+
+
+class RunResult:
+    """What :func:`run_experiment` returns (also :func:`load_run`).
+
+    Attributes
+    ----------
+    run_dir : pathlib.Path
+    config : dict
+        The config as saved in ``config.yaml``.
+    history : pandas.DataFrame
+    metrics : pandas.DataFrame
+    info : dict
+        ``run.json``: per episode its cache folder, ``trained_epochs`` (this invocation)
+        and ``reused``; ``seconds``.
+    """
+
+    def __init__(self, run_dir, config, history, metrics, info):
+        self.run_dir, self.config, self.history, self.metrics, self.info = Path(run_dir), config, history, metrics, info
+
+    @property
+    def trained_epochs(self):
+        """Epochs trained by the invocation that finished the run."""
+        return sum(e["trained_epochs"] for e in self.info["episodes"])
+
+    def __repr__(self):
+        return f"RunResult({self.run_dir}, {len(self.history)} epochs, tests {list(self.metrics['dataset'])})"
+
+
+def load_run(run_dir):
+    """Read a complete run folder; raises ``FileNotFoundError`` for an incomplete one."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a complete run (no run.json)")
+    info = json.loads((run_dir / "run.json").read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return RunResult(run_dir, cfg, pd.read_csv(run_dir / "history.csv"), pd.read_csv(run_dir / "metrics.csv"), info)
+
+
+def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=False, on_epoch_end=None):
+    """Train the episodes of a config, evaluate its test sets, write the run folder.
+
+    Parameters
+    ----------
+    config : dict
+        Run config (see the module docstring; :func:`make_row_config` makes the paper's).
+    data_root : str or path-like
+        Root of the prepared datasets.
+    out : str or path-like
+        Parent of the run folder ``<out>/<name>``.
+    cache_dir : str or path-like, optional
+        Episode cache shared between runs (default ``<out>/cache``).
+    verbose : int
+        0 silent, 1 a line per epoch, 2 also Keras' and the evaluation's progress bars.
+    overwrite : bool
+        Replace a run folder made with another config (else that is an error).
+    on_epoch_end : callable, optional
+        Called with ``{'run', 'episode', 'dataset', 'epoch'}`` after each epoch is saved
+        (progress reporting; the tests raise from it to simulate an interruption).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    MissingDataError
+        Before any training, when a dataset, split or label set is missing.
+    """
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    cfg = normalize_config(config)
+    data_root = Path(data_root).resolve()
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    h = ClassHierarchy.resolve(cfg["hierarchy"])
+    splits = check_data(data_root, cfg, h)
+    cfg["_splits"] = splits
+    run_dir = out / cfg["name"]
+    saved = dict(cfg, data_root=str(data_root), splits_used=splits, versions=_versions())
+    saved.pop("_splits")
+    # the data is part of the run's identity (the data root is not: data may move), so a run
+    # folder made on other data (e.g. the synthetic stand-ins) is never taken as complete
+    saved["data_fingerprints"] = {ds: data_fingerprint(data_root, ds) for ds in splits}
+    run_key = config_hash({k: v for k, v in saved.items() if k not in ("versions", "data_root")})
+    saved["config_hash"] = run_key
+    if (run_dir / "config.yaml").is_file():
+        old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        if old.get("config_hash") != run_key:
+            if not overwrite:
+                raise FileExistsError(f"{run_dir} holds a run with another config; use another --out or overwrite=True")
+            shutil.rmtree(run_dir)
+        elif (run_dir / "run.json").is_file():
+            log(f"[{cfg['name']}] already complete: {run_dir}", verbose)
+            return load_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(plain(saved), sort_keys=False))
+    log(f"[{cfg['name']}] {cfg.get('paper_row', {}).get('description', '')} (scale {cfg['scale']}, seed {cfg['seed']})",
+         verbose)
+
+    keys = [episode_key(cfg, data_root, i) for i in range(len(cfg["episodes"]))]
+    ep_dirs = [cache / f"{i + 1}-{ep['dataset']}-{ep['epochs']}ep-{config_hash(k)[:12]}"
+               for i, (ep, k) in enumerate(zip(cfg["episodes"], keys))]
+    todo = [i for i, d in enumerate(ep_dirs) if not (d / "done.json").is_file()]
+    for i, d in enumerate(ep_dirs):
+        if i not in todo:
+            log(f"  episode {i + 1} ({cfg['episodes'][i]['dataset']}, {cfg['episodes'][i]['epochs']} epochs): "
+                 f"reusing {d}", verbose)
+
+    # load every episode's data before training anything
+    data = {}
+    for i in todo:
+        ds = cfg["episodes"][i]["dataset"]
+        if ds in data:
+            continue
+        ls = h.label_set(ds)
+        tr = select_ids(data_root, ds, splits[ds]["train"], cfg["max_images"]["train"], cfg["seed"])
+        va = select_ids(data_root, ds, splits[ds]["val"], cfg["max_images"]["val"], cfg["seed"])
+        X, Y, C = P.load_split(data_root, ds, splits[ds]["train"], ids=tr, label_set=ls)
+        Xv, Yv, Cv = P.load_split(data_root, ds, splits[ds]["val"], ids=va, label_set=ls)
+        ps = tuple(cfg["model"].get("train_patch_size", (256, 256)))
+        small = [k for k, x in enumerate(X + Xv) if x.shape[0] < ps[0] or x.shape[1] < ps[1]]
+        if small:
+            raise ValueError(f"dataset '{ds}': {len(small)} images are smaller than train_patch_size {ps}")
+        data[ds] = (X, Y, C, Xv, Yv, Cv)
+        log(f"  loaded {ds}: {len(X)} train / {len(Xv)} val images", verbose)
+
+    from ..model import HierStarDist2D
+    from ..model.build import build_model
+
+    trained = {}
+    model = None
+    for i in todo:
+        ds = cfg["episodes"][i]["dataset"]
+        if model is None:
+            model = build_model(cfg["hierarchy"], cfg["model"], seed=cfg["seed"], deterministic=cfg["deterministic"])
+            if i > 0:
+                load_episode_into(model, ep_dirs[i - 1])
+        ep_dirs[i].mkdir(parents=True, exist_ok=True)
+        n, state, rows = train_episode(model, cfg, i, ep_dirs[i], data[ds], verbose, on_epoch_end)
+        finish_episode(model, ep_dirs[i], state, rows, keys[i], ds)
+        trained[i] = n
+
+    # the run folder: final model, history, metrics
+
+    tmp_model = run_dir / ".model.tmp"
+    shutil.rmtree(tmp_model, ignore_errors=True)
+    shutil.copytree(ep_dirs[-1] / "model", tmp_model)
+    shutil.rmtree(run_dir / "model", ignore_errors=True)
+    os.replace(tmp_model, run_dir / "model")
+    hist = []
+    for i, d in enumerate(ep_dirs):
+        df = pd.read_csv(d / "history.csv")
+        df["reused"] = i not in trained
+        hist.append(df)
+    history = pd.concat(hist, ignore_index=True)
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    per_set = [c for c in history.columns if c.startswith("val_loss_")]
+    rest = [c for c in history.columns if c not in per_set]
+    at = rest.index("val_loss") + 1
+    history = history[rest[:at] + per_set + rest[at:]]
+    atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
+
+    final = HierStarDist2D(None, "model", str(run_dir))
+    if cfg["optimize_thresholds"]:
+        ds = cfg["episodes"][-1]["dataset"]
+        n_max = min(n for n in (cfg["max_images"]["val"], cfg["threshold_max_images"], 10**9) if n is not None)
+        va = select_ids(data_root, ds, splits[ds]["val"], n_max, cfg["seed"])
+        Xv, Yv, _ = P.load_split(data_root, ds, splits[ds]["val"], ids=va, label_set=h.label_set(ds))
+        final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
+    metrics = _evaluate(final, cfg, data_root, run_dir, verbose)
+    if cfg.get("paper_row"):
+        metrics.insert(3, "paper_pq", cfg["paper_row"]["pq"])
+    atomic_write_text(run_dir / "metrics.csv", metrics.to_csv(index=False))
+    info = dict(name=cfg["name"], status="complete", config_hash=run_key, seconds=round(time.perf_counter() - t0, 2),
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                episodes=[dict(dataset=ep["dataset"], epochs=ep["epochs"], cache=str(d), trained_epochs=trained.get(i, 0),
+                               reused=i not in trained) for i, (ep, d) in enumerate(zip(cfg["episodes"], ep_dirs))])
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=1))
+    for _, r in metrics.iterrows():
+        log(f"  [{cfg['name']}] {r['dataset']}: bPQ {r.get('bPQ_pannuke_tissue', float('nan')):.4f}  "
+             f"mPQ {r.get('mPQ_pannuke_tissue', float('nan')):.4f}  PQ(CoNIC) {r.get('PQ_conic', float('nan')):.4f}  "
+             f"mPQ+ {r.get('mPQ+_conic', float('nan')):.4f}"
+             + (f"  | paper PQ {cfg['paper_row']['pq']:.4f}" if cfg.get("paper_row") else ""), verbose)
+    log(f"[{cfg['name']}] done in {info['seconds']:.1f} s -> {run_dir}", verbose)
+    return load_run(run_dir)
+
+
+def _versions():
+    out = {"stardist_hier": __version__}
+    for mod in ("stardist", "tensorflow", "keras", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # a version is informative only
+            pass
+    return out
+
+
+def run_rows(rows, data_root, out, scale="paper", seed=0, cache_dir=None, verbose=1, **overrides):
+    """Run paper rows in order (sharing pre-trainings through the cache).
+
+    All rows' data is checked before the first one trains.
+
+    Returns
+    -------
+    list of RunResult
+    """
+    rows = [r if isinstance(r, PaperRow) else get_row(*r) for r in rows]
+    cfgs = [make_row_config(r, scale, seed, **deepcopy(overrides)) for r in rows]
+    check_data(data_root, cfgs)
+    results = []
+    t0 = time.perf_counter()
+    for k, cfg in enumerate(cfgs, 1):
+        log(f"=== row {k}/{len(cfgs)} ({time.perf_counter() - t0:.0f} s so far)", verbose)
+        results.append(run_experiment(cfg, data_root, out, cache_dir=cache_dir, verbose=verbose))
+    log(f"=== {len(cfgs)} rows in {time.perf_counter() - t0:.1f} s -> {out}", verbose)
+    return results
