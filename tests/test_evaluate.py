@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from stardist_hier import evaluation as E
 from stardist_hier import metrics as M
 from stardist_hier import patches as P
+from stardist_hier.metrics import folder as E
 from stardist_hier.cli import main
 from stardist_hier.hierarchy import ClassHierarchy, HierarchyError
 
@@ -224,7 +224,7 @@ def test_normalize_image_is_stardist_examples():
     from csbdeep.utils import normalize
 
     img = np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8)
-    np.testing.assert_array_equal(E.normalize_image(img), normalize(img, 1, 99.8, axis=(0, 1)))
+    np.testing.assert_array_equal(P.normalize_image(img), normalize(img, 1, 99.8, axis=(0, 1)))
 
 
 def test_read_prediction_planar_and_negative(tmp_path):

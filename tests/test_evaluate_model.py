@@ -5,9 +5,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from stardist_hier import evaluation as E  # noqa: E402
 from stardist_hier import metrics as M  # noqa: E402
 from stardist_hier import patches as P  # noqa: E402
+from stardist_hier.metrics import folder as E  # noqa: E402
 from stardist_hier.cli import main  # noqa: E402
 
 TINY = dict(n_rays=8, n_channel_in=3, grid=(2, 2), unet_n_depth=2, unet_n_filter_base=8, net_conv_after_unet=16)
@@ -50,7 +50,7 @@ def test_model_classes_come_from_collapsed_leaf_probabilities(setup):
                             predict_kwargs=dict(prob_thresh=0.05), save_predictions=tmp / "low")
     assert res.summary["n_images"] == 2
     img, _ = P.read_patch(tmp / "data", "pannuke", "test", "t0")
-    labels, details = model.predict_instances(E.normalize_image(img), label_set="pannuke", prob_thresh=0.05)
+    labels, details = model.predict_instances(P.normalize_image(img), label_set="pannuke", prob_thresh=0.05)
     saved = E.read_prediction(tmp / "low" / "t0.tif")
     np.testing.assert_array_equal(saved[..., 0], labels)
     ls = model.hierarchy.label_set("pannuke")

@@ -38,9 +38,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..evaluation import EvaluationError, evaluate_folder, find_datasets, format_summary, write_results
     from ..hierarchy import HierarchyError
     from ..metrics import MetricsError
+    from ..metrics.folder import EvaluationError, evaluate_folder, find_datasets, format_summary, write_results
     from ..patches import PatchFormatError
 
     try:
