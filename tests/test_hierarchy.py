@@ -163,3 +163,136 @@ def test_cli_prints_tree_and_reports_errors(tmp_path):
 def test_importing_hierarchy_does_not_import_tensorflow():
     code = "import stardist_hier, stardist_hier.hierarchy, sys; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the one class rule ------------------------------------------------------------------
+
+
+def _classify_reference(prob, label_set, background):
+    """Plain loop: sum the leaves of each class, take the largest (smallest id on ties)."""
+    h = label_set.hierarchy
+    out = []
+    for row in prob:
+        best, best_id = -1.0, None
+        candidates = ([0] if background else []) + list(label_set.ids)
+        for cid in candidates:
+            leaves = [0] if cid == 0 else list(h.leaf_channels(label_set.nodes[cid]))
+            total = sum(row[c] for c in leaves)
+            if total > best:
+                best, best_id = total, cid
+        out.append(best_id)
+    return np.array(out, np.int64)
+
+
+@pytest.mark.parametrize("name", ["pannuke", "monusac", "consep", "monuseg", "lizard"])
+def test_classify_matches_a_plain_loop(name):
+    h = ClassHierarchy.default()
+    ls = h.label_set(name)
+    rng = np.random.default_rng(len(name))
+    prob = rng.dirichlet(np.ones(h.n_classes + 1) * 0.3, size=200)
+    prob[:5, 0] = 0.97  # background-dominated nuclei
+    prob[:5, 1:] = 0.03 / h.n_classes
+    for background in (False, True):
+        np.testing.assert_array_equal(ls.classify(prob, background=background),
+                                      _classify_reference(prob, ls, background))
+    assert (ls.classify(prob) > 0).all()  # a detected nucleus never gets background
+    assert (ls.classify(prob, background=True)[:5] == 0).all()
+    assert ls.classify(np.zeros((0, h.n_classes + 1))).shape == (0,)
+
+
+def test_classify_sums_before_the_argmax():
+    h = ClassHierarchy.default()
+    ls = h.label_set("pannuke")  # 2 = inflammatory (5 leaves), 1 = malignant epithelial
+    prob = np.zeros((1, h.n_classes + 1))
+    prob[0, h.leaf_index["malignant_epithelial"]] = 0.4
+    prob[0, h.leaf_index["lymphocyte"]] = 0.3
+    prob[0, h.leaf_index["neutrophil"]] = 0.3
+    assert ls.classify(prob).tolist() == [2]
+    assert h.leaf_label_set().classify(prob).tolist() == [h.leaf_index["malignant_epithelial"]]
+
+
+def test_cut_by_depth():
+    h = ClassHierarchy.default()
+    assert h.cut(0).nodes == {1: "nucleus"}
+    assert h.cut(1).nodes == {1: "epithelial", 2: "inflammatory", 3: "connective", 4: "other"}
+    assert h.cut(h.max_depth).nodes == {i: leaf for leaf, i in h.leaf_index.items()}
+    for depth in range(h.max_depth + 1):
+        assert h.cut(depth).membership[1:].sum(axis=0)[1:].tolist() == [1] * h.n_classes  # a partition
+    with pytest.raises(HierarchyError, match="0..2"):
+        h.cut(3)
+    assert h.ancestor_at("lymphocyte", 1) == "inflammatory" and h.ancestor_at("lymphocyte", 5) == "lymphocyte"
+
+
+# -- extending the default, non-exhaustive label sets, colours ------------------------------
+
+
+def test_extends_default_adds_nodes_label_sets_and_colours(tmp_path):
+    path = write(tmp_path, """\
+extends: default
+add_nodes:
+  inflammatory:
+    mast_cell:
+colors:
+  mast_cell: [10, 20, 30]
+label_sets:
+  my_lab:
+    1: epithelial
+    2: mast_cell
+    3: lymphocyte
+""")
+    h = ClassHierarchy.from_yaml(path)
+    base = ClassHierarchy.default()
+    assert h.n_classes == base.n_classes + 1
+    assert h.children["inflammatory"][-1] == "mast_cell"
+    assert set(h.label_sets) == set(base.label_sets) | {"my_lab"}
+    assert h.color("mast_cell") == (10, 20, 30) and h.color("epithelial") == base.color("epithelial")
+    assert h.label_set("my_lab").classify(np.eye(h.n_classes + 1)[[h.leaf_index["mast_cell"]]]).tolist() == [2]
+    assert ClassHierarchy.from_dict(h.to_dict()) == h  # round trip without 'extends'
+    # a relative path extends the file beside it
+    child = write(tmp_path, "extends: h.yaml\nlabel_sets:\n  other_lab:\n    1: mast_cell\n", name="child.yaml")
+    assert "other_lab" in ClassHierarchy.from_yaml(child).label_sets
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("extends: default\nlabel_sets:\n  monusac:\n    1: epithelial\n", r"'monusac' is already defined"),
+    ("extends: default\nadd_nodes:\n  inflamatory:\n    x:\n", r"no node 'inflamatory'.*did you mean 'inflammatory'"),
+    ("extends: default\nadd_nodes:\n  inflammatory:\n    lymphocyte:\n", r"'lymphocyte' already exists"),
+    ("extends: default\nhierarchy:\n  a:\n    b:\n", r"cannot redefine 'hierarchy'"),
+    ("extends: nowhere.yaml\n", r"not found"),
+    ("extends: default\ncolors:\n  epithelial: red\n", r"colors.epithelial.*#rrggbb"),
+    (GOOD + "  part:\n    1: lymph\n    unannotated: [immune]\n", r"'immune' overlaps the labelled node 'lymph'"),
+    (GOOD + "  part:\n    1: lymph\n    unannotated: [epy]\n", r"unknown node 'epy'.*did you mean 'epi'"),
+    (GOOD + "  part:\n    1: lymph\n    exhaustive: maybe\n", r"'exhaustive' is true or false"),
+])
+def test_bad_extensions_name_the_key(tmp_path, text, pattern):
+    with pytest.raises(HierarchyError, match=pattern):
+        ClassHierarchy.from_yaml(write(tmp_path, text))
+
+
+def test_unannotated_nodes(tmp_path):
+    h = ClassHierarchy.from_yaml(write(tmp_path, GOOD + "  part:\n    1: lymph\n    exhaustive: false\n"
+                                                 "  listed:\n    1: epi\n    unannotated: [neutro]\n"))
+    part = h.label_set("part")
+    assert part.unannotated == ("epi", "neutro", "other") and not part.exhaustive
+    assert part.unannotated_channels == (1, 2, 4, 5)
+    assert h.label_set("fine").exhaustive
+    listed = h.label_set("listed")
+    prob = np.array([[0.1, 0.2, 0.1, 0.0, 0.6, 0.0],    # mostly neutro: set aside
+                     [0.1, 0.5, 0.0, 0.0, 0.4, 0.0],    # mostly epi
+                     [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])   # no foreground at all
+    np.testing.assert_allclose(listed.unannotated_share(prob), [0.6 / 0.9, 0.4 / 0.9, 0.0])
+    assert listed.is_unannotated(prob).tolist() == [True, False, False]
+    assert ClassHierarchy.from_dict(h.to_dict()) == h
+    assert ClassHierarchy.default().label_set("monusac").unannotated == (
+        "plasma_cell", "eosinophil", "connective", "other")
+
+
+def test_cli_label_set_shows_only_that_one():
+    out = subprocess.run([sys.executable, "-m", "stardist_hier.cli", "hierarchy", "--label-set", "monusac"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("  ") and ":" in ln and "=" in ln]
+    assert len(lines) == 1 and lines[0].startswith("  monusac:")
+    bad = subprocess.run([sys.executable, "-m", "stardist_hier.cli", "hierarchy", "--label-set", "monusak"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "did you mean 'monusac'" in bad.stderr and "Traceback" not in bad.stderr

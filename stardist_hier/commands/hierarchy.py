@@ -15,11 +15,19 @@ def run(args):
 
     try:
         h = ClassHierarchy.resolve(args.file)
+        for name in args.label_sets or ():
+            h.label_set(name)  # an unknown name is an error with a suggestion, before any output
         print(h.render(args.label_sets))
     except HierarchyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"\n{h.n_classes} leaves (output channels 1..{h.n_classes}; channel 0 = background)")
-    for name, ls in h.label_sets.items():
-        print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in ls.nodes.items()))
+    try:
+        shown = [h.label_set(n) for n in args.label_sets] if args.label_sets else list(h.label_sets.values())
+    except HierarchyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for ls in shown:
+        extra = f"; unannotated: {', '.join(ls.unannotated)}" if ls.unannotated else ""
+        print(f"  {ls.name}: " + ", ".join(f"{k}={v}" for k, v in ls.nodes.items()) + extra)
     return 0
