@@ -74,7 +74,7 @@ def test_round_trip_yaml_and_dict(tmp_path):
     path = h.to_yaml(tmp_path / "out" / "copy.yaml")
     assert ClassHierarchy.from_yaml(path) == h
     assert ClassHierarchy.from_dict(h.to_dict()) == h
-    assert not list((tmp_path / "out").glob(".*tmp"))
+    assert not list((tmp_path / "out").glob(".*"))
 
 
 def test_default_hierarchy_label_sets_follow_official_numbering():

@@ -34,7 +34,7 @@ def test_write_read_roundtrip_and_layout(tmp_path):
     np.testing.assert_array_equal(m2, mask)
     # an independent TIFF reader sees the documented layout
     assert tifffile.imread(mpath).shape == (256, 256, 2)
-    assert not list((tmp_path / "ds").rglob("*.tmp"))
+    assert not list((tmp_path / "ds").rglob(".*"))
 
 
 def test_write_rejects_bad_shapes(tmp_path):
@@ -53,7 +53,8 @@ def test_interrupted_write_leaves_no_patch(tmp_path, monkeypatch):
 
     def failing(file, array, **kw):
         calls.append(file)
-        file.write(b"half")  # a partial TIFF in the temporary file, then the interruption
+        with open(file, "wb") as f:
+            f.write(b"half")  # a partial TIFF in the temporary file, then the interruption
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tifffile, "imwrite", failing)

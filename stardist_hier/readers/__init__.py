@@ -9,30 +9,7 @@ Everything here is numpy / scipy / scikit-image / tifffile: no TensorFlow.
 """
 
 from .base import Labelled, ReaderError, Sample, SkipSample
-
-DATASETS = ("pannuke", "monusac", "consep", "monuseg", "lizard", "conic")
-
-
-def get_reader(name):
-    """The reader of dataset ``name`` (a module, or an object with the same attributes)."""
-    import importlib
-
-    key = str(name).lower()
-    if key == "conic":
-        from .lizard import conic
-
-        return conic
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; supported: {', '.join(DATASETS)}")
-    return importlib.import_module(f"{__name__}.{key}")
-
-
-def download_url(name):
-    """Where dataset ``name`` is downloaded from (``None`` for a dataset without a reader)."""
-    try:
-        return get_reader(name).DOWNLOAD_URL
-    except ValueError:
-        return None
+from .registry import DATASETS, download_url, get_reader
 
 
 def convert(*args, **kwargs):

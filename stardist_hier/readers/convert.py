@@ -28,7 +28,7 @@ import numpy as np
 
 from ..patches import (PATCH_SIZE, dense_ids, index_path, patch_exists, read_index, tile_sample, write_index,
                        write_patch)
-from . import get_reader
+from .registry import get_reader
 from .base import ReaderError, SkipSample
 
 __all__ = ["Summary", "convert", "assign_validation"]
