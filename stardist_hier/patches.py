@@ -150,17 +150,40 @@ def read_patch(root, dataset, split, patch_id):
     for p in (ipath, mpath):
         if not p.is_file():
             raise FileNotFoundError(f"patch file missing: {p}")
-    try:
-        image = tifffile.imread(ipath)
-        mask = tifffile.imread(mpath)
-    except Exception as e:  # tifffile raises several types for damaged files
-        raise PatchFormatError(f"cannot read patch '{patch_id}' in {ipath.parent.parent}: {e}") from e
+    image, mask = _read_tiff(ipath), _read_tiff(mpath)
     if mask.ndim == 3 and mask.shape[0] == 2 and mask.shape[2] != 2:
         mask = np.moveaxis(mask, 0, -1)  # written planar by another tool
     try:
         return _check_patch(image, mask)
     except PatchFormatError as e:
-        raise PatchFormatError(f"{mpath}: {e}") from None
+        # name the file at fault: the image for image problems, else the mask
+        culprit = ipath if str(e).startswith("image must") else mpath
+        raise PatchFormatError(f"{culprit}: {e}") from None
+
+
+_REMAKE = "delete it and rerun the command that made it (`stardist-hier prepare` or `synth`) to remake it"
+
+
+def _read_tiff(path):
+    """One patch file, or a :class:`PatchFormatError` naming it and what is wrong with it."""
+    import logging
+
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a TIFF cut after its header is logged, then read as empty: reported below
+    try:
+        a = tifffile.imread(path)
+    except Exception as e:  # tifffile raises several types for damaged files
+        raise PatchFormatError(f"{path}: corrupt or truncated TIFF ({Path(path).stat().st_size} bytes; "
+                               f"{type(e).__name__}: {e}); {_REMAKE}") from None
+    finally:
+        log.setLevel(level)
+    if a.size == 0:
+        raise PatchFormatError(f"{path}: truncated or empty TIFF (no image data in its {Path(path).stat().st_size} "
+                               f"bytes); {_REMAKE}")
+    return a
 
 
 def list_splits(root, dataset):

@@ -258,3 +258,25 @@ def test_relabel_instances_against_loop_reference():
         got = P.relabel_instances(inst)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("kind", ["images", "masks"])
+@pytest.mark.parametrize("cut", [8, 200])  # after the header (tifffile reads an empty array), inside the data
+def test_truncated_patch_file_is_named(tmp_path, kind, cut):
+    P.write_patch(tmp_path, "d", "train", "p0", np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256, 2), np.int32))
+    path = P.patch_path(tmp_path, "d", "train", kind, "p0")
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(P.PatchFormatError) as e:
+        P.read_patch(tmp_path, "d", "train", "p0")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and "truncated" in msg and "shape (0,)" not in msg and "\n" not in msg
+    with pytest.raises(P.PatchFormatError, match=f"{kind}/p0.tif"):
+        P.load_split(tmp_path, "d", "train")
+
+
+def test_bad_image_of_a_patch_names_the_image_file(tmp_path):
+    P.write_patch(tmp_path, "d", "train", "p0", np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256, 2), np.int32))
+    ipath = P.patch_path(tmp_path, "d", "train", "images", "p0")
+    tifffile.imwrite(ipath, np.zeros((256, 256, 3), np.float32))
+    with pytest.raises(P.PatchFormatError, match=r"images/p0\.tif: image must be uint8"):
+        P.read_patch(tmp_path, "d", "train", "p0")

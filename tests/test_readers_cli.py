@@ -49,3 +49,26 @@ def test_all_scripts_call_the_cli():
 def test_stride_larger_than_a_patch_is_refused(tmp_path, capsys):
     rc = main(["prepare", "monuseg", "--src", str(tmp_path), "--out", str(tmp_path / "o"), "--stride", "300"])
     assert rc == 2 and "gaps" in capsys.readouterr().err
+
+
+def test_readers_convert_stays_the_function():
+    """Importing the driver module must not turn ``readers.convert`` into that module."""
+    import importlib
+
+    import stardist_hier.readers as readers
+
+    module = importlib.import_module("stardist_hier.readers.convert")
+    assert callable(readers.convert) and readers.convert is module.convert
+
+
+def test_realdata_folder_from_the_environment(tmp_path):
+    from conftest import REALDATA, REALDATA_ENV, realdata_folder
+
+    assert realdata_folder({REALDATA_ENV: str(tmp_path)}) == (tmp_path, "")
+    with pytest.raises(FileNotFoundError, match=REALDATA_ENV):
+        realdata_folder({REALDATA_ENV: str(tmp_path / "typo")})
+    path, why = realdata_folder({})
+    if REALDATA.is_dir():
+        assert (path, why) == (REALDATA, "")
+    else:
+        assert path is None and REALDATA_ENV in why

@@ -8,15 +8,13 @@ download into the patch format of :mod:`stardist_hier.patches`.
 Everything here is numpy / scipy / scikit-image / tifffile: no TensorFlow.
 """
 
-from .base import Labelled, ReaderError, Sample, SkipSample
+from .base import BadFilesError, Labelled, ReaderError, Sample, SkipSample
 from .registry import DATASETS, download_url, get_reader
 
-
-def convert(*args, **kwargs):
-    """See :func:`stardist_hier.readers.convert.convert`."""
-    from .convert import convert as _convert
-
-    return _convert(*args, **kwargs)
+# Imported here, not wrapped lazily: importing the submodule sets the package attribute
+# ``convert`` to the module, so a lazy wrapper named ``convert`` turned into a module
+# (``readers.convert(...)``: "module is not callable") once anything imported the driver.
+from .convert import convert  # noqa: E402  (the function; the module is readers.convert in sys.modules)
 
 
-__all__ = ["DATASETS", "get_reader", "download_url", "convert", "ReaderError", "SkipSample", "Sample", "Labelled"]
+__all__ = ["DATASETS", "get_reader", "download_url", "convert", "ReaderError", "BadFilesError", "SkipSample", "Sample", "Labelled"]

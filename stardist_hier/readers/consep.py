@@ -2,7 +2,9 @@
 
 ``--src`` is the ``CoNSeP`` folder (``Train/`` and ``Test/``, any capitalisation), one
 split folder (``Images/`` + ``Labels/``), or a flat folder of ``<name>.png`` +
-``<name>.mat`` pairs (split ``train``). The validation split is drawn from ``train`` by
+``<name>.mat`` pairs. The split of one such folder is read from its name
+(:func:`.base.split_of_folder`: ``CoNSeP/Test`` is ``test``, a folder of other name
+``train``) unless ``split`` is given (``prepare --split``). The validation split is drawn from ``train`` by
 source image (CoNSeP does not publish which slide each tile came from).
 
 Rules:
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..patches import instance_classes
-from .base import Labelled, ReaderError, Sample, require_dir, to_rgb_uint8
+from .base import Labelled, ReaderError, Sample, check_split, require_dir, split_of_folder, to_rgb_uint8
 
 NAME = "consep"
 LABEL_SET = "consep"
@@ -33,6 +35,7 @@ LABEL_SET = "consep"
 DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/"
 CHUNK = 1
 VAL_FROM = "train"
+SPLIT_FROM_FOLDER = True
 N_CLASSES = 7
 
 
@@ -44,32 +47,44 @@ def _ci(folder, name):
     return None
 
 
-def _pairs(img_dir, lab_dir, src, split):
+def _pairs(img_dir, lab_dir, src, split, split_folder=""):
     out = []
     pngs = {p.stem: p for p in sorted(Path(img_dir).glob("*.png"))}
     for mat in sorted(Path(lab_dir).glob("*.mat")):
         png = pngs.get(mat.stem)
         rel = lambda p: str(p.relative_to(src)) if p.is_relative_to(src) else str(p)
         out.append(Sample(source=rel(mat), split=split, group=f"{split}/{mat.stem}", patch_id=mat.stem,
+                          split_folder=split_folder,
                           tissue="colon", key=(str(png) if png else str(Path(img_dir) / f"{mat.stem}.png"), str(mat))))
     return out
 
 
-def find_samples(src):
-    """One :class:`Sample` per labelled tile."""
+def find_samples(src, split=None):
+    """One :class:`Sample` per labelled tile.
+
+    ``split`` (``'train'`` or ``'test'``), if given, is the split of a single split folder
+    or flat folder, instead of the one read from its name.
+    """
     src = require_dir(src, "CoNSeP folder", "expected 'CoNSeP/Train/Images/*.png' and 'CoNSeP/Train/Labels/*.mat'")
+    check_split(split, src)
     samples = []
     splits = [(d, s) for s in ("train", "test") if (d := _ci(src, s)) is not None]
     if splits:
-        for d, split in splits:
+        if split is not None:
+            raise ReaderError(src, f"holds the official split folders {[d.name for d, _ in splits]}, which give the "
+                                   "splits: leave --split out, or point --src at one of them")
+        for d, split_ in splits:
             img, lab = _ci(d, "Images"), _ci(d, "Labels")
             if img is None or lab is None:
                 raise ReaderError(d, f"expected 'Images/' and 'Labels/' inside, found {sorted(p.name for p in d.iterdir())}")
-            samples += _pairs(img, lab, src, split)
-    elif _ci(src, "Images") is not None and _ci(src, "Labels") is not None:
-        samples = _pairs(_ci(src, "Images"), _ci(src, "Labels"), src, "train")
+            samples += _pairs(img, lab, src, split_, d.name)
     else:
-        samples = _pairs(src, src, src, "train")
+        named = "" if split else src.name
+        split = split or split_of_folder(src.name)
+        if _ci(src, "Images") is not None and _ci(src, "Labels") is not None:
+            samples = _pairs(_ci(src, "Images"), _ci(src, "Labels"), src, split, named)
+        else:
+            samples = _pairs(src, src, src, split, named)
     if not samples:
         raise ReaderError(src, "no CoNSeP labels found: expected 'Train/Labels/*.mat' (+ 'Train/Images/*.png') "
                                f"or '<name>.mat' + '<name>.png' pairs; the folder holds {sorted(p.name for p in src.iterdir())[:20]}")

@@ -10,10 +10,16 @@ Behaviour:
 * ``workers > 1`` converts in a process pool (samples in chunks of the reader's ``CHUNK``).
   A re-run still reads and tiles every source (the index is rebuilt from it) but writes
   only missing patches.
-* Bad input raises :class:`ReaderError` naming the file; with ``skip_bad`` it is a
-  warning and a summary line instead, and every other file is still converted.
+* Bad input: every file is tried, and each bad one is named with what is wrong with
+  it. Without ``skip_bad`` the run ends with one :class:`BadFilesError` listing them all
+  (the good files' patches are written, the index is not); with ``skip_bad`` each is a
+  warning and a summary line, and the index holds the rest.
 * Validation: a seeded fraction of the *groups* (patients or source images) of the
-  reader's ``VAL_FROM`` split becomes ``val``; a group is never split across splits.
+  reader's ``VAL_FROM`` split becomes ``val``; a group is never split across splits. The
+  draw is made over the files that convert: when ``skip_bad`` leaves files out, the groups
+  are drawn again without them and the patches moved, so bad files never empty the
+  training split. A source with one group only gets no validation split, with a warning.
+* The output folder is checked before anything is read (a file there is an error).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import numpy as np
 
 from ..patches import (PATCH_SIZE, dense_ids, index_path, patch_exists, read_index, tile_sample, write_index,
                        write_patch)
+from ..atomic import check_output_dir
 from .registry import get_reader
-from .base import ReaderError, SkipSample
+from .base import BadFilesError, ReaderError, SkipSample
 
 __all__ = ["Summary", "convert", "assign_validation"]
 
@@ -49,17 +56,22 @@ class Summary:
     notes: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)  # (file, reason) of valid inputs without labels
     bad: list = field(default_factory=list)      # (file, error) skipped with skip_bad
+    split_folders: dict = field(default_factory=dict)  # folder -> split it was given from its name
+    warnings: list = field(default_factory=list)  # what was also issued as a UserWarning
 
     @property
     def patches(self):
         return self.written + self.existing
 
-    def format(self):
-        """Human-readable multi-line summary."""
+    def format(self, limit=20):
+        """Human-readable multi-line summary; ``limit``: skipped inputs listed (``None``: all)."""
         lines = [f"{self.dataset}: {self.samples} source images -> {self.patches} patches "
                  f"({self.written} written, {self.existing} already there) in {Path(self.out) / self.dataset}"]
         if self.per_split:
             lines.append("  patches per split: " + ", ".join(f"{k} {v}" for k, v in sorted(self.per_split.items())))
+        if self.split_folders:
+            lines.append("  split from the folder name (set it with --split): "
+                         + ", ".join(f"'{k}' -> {v}" for k, v in sorted(self.split_folders.items())))
         if self.nuclei_per_class:
             lines.append(f"  nuclei per class (label set '{self.label_set}'; a nucleus cut by a tile edge counts in each tile): "
                          + ", ".join(f"{'unknown' if k == 0 else k}: {v}" for k, v in sorted(self.nuclei_per_class.items())))
@@ -68,9 +80,9 @@ class Summary:
             lines.append("  rules applied: " + ", ".join(f"{k} {v}" for k, v in sorted(notes.items())))
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} input(s) without labels:")
-            lines += [f"    {f}: {r}" for f, r in self.skipped[:20]]
-            if len(self.skipped) > 20:
-                lines.append(f"    ... and {len(self.skipped) - 20} more")
+            lines += [f"    {f}: {r}" for f, r in self.skipped[:limit]]
+            if limit is not None and len(self.skipped) > limit:
+                lines.append(f"    ... and {len(self.skipped) - limit} more (-v lists them all)")
         if self.bad:
             lines.append(f"  skipped {len(self.bad)} bad file(s) (--skip-bad):")
             lines += [f"    {e}" for _, e in self.bad]
@@ -98,7 +110,7 @@ def assign_validation(samples, val_fraction, seed, from_split="train"):
 
 def _process(task):
     """Worker: load, tile and write a chunk of samples; returns one result per sample."""
-    dataset, samples, out, size, stride, overwrite, class_ids, label_set = task
+    dataset, samples, out, size, stride, overwrite, class_ids, label_set, val_from = task
     reader = get_reader(dataset)
     cache = {}  # memory maps live for this chunk only, so their pages are released after it
     results = []
@@ -110,15 +122,20 @@ def _process(task):
                 results.append(("skip", s.source, str(e)))
                 continue
             except ReaderError as e:
-                results.append(("bad", e.path, e.problem))
+                results.append(("bad", s.source, e.path, e.problem))
                 continue
             except Exception as e:  # anything else from a broken file: report it with the file's name
-                results.append(("bad", s.source, f"cannot convert ({type(e).__name__}: {e})"))
+                results.append(("bad", s.source, s.source, f"cannot convert ({type(e).__name__}: {e})"))
                 continue
+            # a patch a redraw of the validation split moved (see convert) is found in the other split
+            other = {val_from: "val", "val": val_from}.get(s.split) if val_from else None
             rows, written, existing = [], 0, 0
             for oy, ox, image, mask in tile_sample(lab.image, lab.inst, lab.classes, size, stride):
                 pid = s.patch_id if s.pretiled else f"{s.patch_id}_y{oy:04d}_x{ox:04d}"
                 if not overwrite and patch_exists(out, dataset, s.split, pid):
+                    existing += 1
+                elif not overwrite and other and patch_exists(out, dataset, other, pid):
+                    _move_patch(out, dataset, pid, other, s.split)
                     existing += 1
                 else:
                     write_patch(out, dataset, s.split, pid, image, mask)
@@ -146,7 +163,7 @@ def _clean_temp_files(out, dataset):
 
 
 def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, overwrite=False, workers=1,
-            skip_bad=False, progress=True, limit=None):
+            skip_bad=False, progress=True, limit=None, split=None):
     """Convert one dataset download into the patch format.
 
     Parameters
@@ -169,11 +186,16 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
     workers : int
         Processes (1: convert in this process).
     skip_bad : bool
-        Skip bad files with a warning instead of stopping at the first.
+        Leave bad files out with a warning each (and draw the validation split without
+        them) instead of failing once every file has been tried.
     progress : bool
         Show a tqdm progress bar.
     limit : int, optional
         Convert only the first ``limit`` source samples (for trials and benchmarks).
+    split : {'train', 'test'}, optional
+        Official split of every image of ``src``, for the readers that otherwise read it
+        from a folder name (MoNuSeg, MoNuSAC, CoNSeP: see
+        :func:`stardist_hier.readers.base.split_of_folder`); an error for the others.
 
     Returns
     -------
@@ -181,8 +203,12 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
 
     Raises
     ------
+    BadFilesError
+        Without ``skip_bad``, when any file is bad: it lists each with its problem.
     ReaderError
-        Bad input (without ``skip_bad``), or a missing or misspelled source folder.
+        A missing or misspelled source folder, or a download of the wrong layout.
+    NotADirectoryError
+        ``out`` is a file.
     """
     from tqdm.auto import tqdm
 
@@ -192,27 +218,35 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
     dataset = reader.NAME
     label_set = reader.LABEL_SET
     class_ids = list(ClassHierarchy.default().label_set(label_set).ids)
+    check_output_dir(out, "output folder")
     summary = Summary(dataset, str(out), label_set)
+    bad, bad_sources = [], set()
 
-    def on_bad(path, message):
-        if not skip_bad:
-            raise ReaderError(path, message)
-        warnings.warn(f"skipping {path}: {message}", stacklevel=3)
-        summary.bad.append((str(path), f"{path}: {message}"))
+    def found_bad(path, message, source=None):
+        bad.append((str(path), str(message)))
+        bad_sources.add(source)
+        if skip_bad:
+            warnings.warn(f"skipping bad input {path}: {message}", stacklevel=3)
+            summary.bad.append((str(path), f"{path}: {message}"))
 
-    if "on_bad" in inspect.signature(reader.find_samples).parameters:
-        samples = reader.find_samples(src, on_bad=on_bad)
-    else:
-        samples = reader.find_samples(src)
+    params = inspect.signature(reader.find_samples).parameters
+    kwargs = {"on_bad": found_bad} if "on_bad" in params else {}
+    if split is not None:
+        if "split" not in params:
+            raise ReaderError(src, f"{dataset} takes its splits from the download (it has no --split)")
+        kwargs["split"] = split
+    samples = reader.find_samples(src, **kwargs)
     if limit is not None:
         samples = samples[: int(limit)]
+    found = samples
     vf = reader.val_from(samples) if hasattr(reader, "val_from") else reader.VAL_FROM
     samples = assign_validation(samples, val_fraction, seed, vf)
     summary.samples = len(samples)
+    summary.split_folders = {s.split_folder: s.split for s in found if s.split_folder}
     _clean_temp_files(out, dataset)
 
     chunk = max(1, int(getattr(reader, "CHUNK", 1)))
-    tasks = [(dataset, samples[i:i + chunk], str(out), PATCH_SIZE, stride, overwrite, class_ids, label_set)
+    tasks = [(dataset, samples[i:i + chunk], str(out), PATCH_SIZE, stride, overwrite, class_ids, label_set, vf)
              for i in range(0, len(samples), chunk)]
     rows = []
     bar = tqdm(total=len(samples), desc=dataset, unit="img", disable=not progress)
@@ -232,10 +266,7 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
                 if res[0] == "skip":
                     summary.skipped.append((res[1], res[2]))
                 elif res[0] == "bad":
-                    if not skip_bad:
-                        raise ReaderError(res[1], res[2])
-                    warnings.warn(f"skipping bad input {res[1]}: {res[2]}", stacklevel=2)
-                    summary.bad.append((res[1], f"{res[1]}: {res[2]}"))
+                    found_bad(res[2], res[3], source=res[1])
                 else:
                     _, source, prow, written, existing, notes = res
                     rows += prow
@@ -249,6 +280,21 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
             pool.terminate()
             pool.join()
 
+    if bad and not skip_bad:
+        raise BadFilesError(bad, converted=len({r["source"] for r in rows}))
+    good = [s for s in found if s.source not in bad_sources]
+    if bad_sources and vf is not None and val_fraction:
+        # draw the validation split again over the files that converted: the first draw
+        # counted the bad ones, and could leave the training split empty
+        redrawn = {s.source: s.split for s in assign_validation(good, val_fraction, seed, vf)}
+        for r in rows:
+            new = redrawn.get(r["source"], r["split"])
+            if new != r["split"]:
+                _move_patch(out, dataset, r["patch_id"], r["split"], new)
+                r["split"] = new
+    for message in _split_warnings(found, good, rows, vf, val_fraction):
+        warnings.warn(message, stacklevel=2)
+        summary.warnings.append(message)
     for r in rows:
         summary.per_split[r["split"]] = summary.per_split.get(r["split"], 0) + 1
         summary.nuclei_per_class[0] = summary.nuclei_per_class.get(0, 0) + r["n_unknown"]
@@ -261,6 +307,34 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
         summary.notes["stale_patches_removed"] = moved
     _write_merged_index(out, dataset, rows)
     return summary
+
+
+def _split_warnings(found, good, rows, vf, val_fraction):
+    """What is wrong with the splits a conversion made: an empty training split, no validation."""
+    if vf is None:
+        return []
+    out = []
+    n_found = sum(1 for s in found if s.split == vf)
+    groups = sorted({s.group for s in good if s.split == vf})
+    if n_found and not groups:
+        out.append(f"the '{vf}' split is empty: all {n_found} of its source images are bad files")
+    elif n_found and not any(r["split"] == vf for r in rows):
+        out.append(f"the '{vf}' split is empty: none of its {n_found} source images gave a patch")
+    elif val_fraction and len(groups) == 1:
+        out.append(f"no validation split: the '{vf}' split comes from one {'source image' if n_found == 1 else 'group'} "
+                   f"only ({groups[0]}), which stays in '{vf}'; validate on another dataset or split, or convert "
+                   f"more {vf} images")
+    return out
+
+
+def _move_patch(out, dataset, patch_id, from_split, to_split):
+    """Move both files of a patch to another split (the mask last: it marks the patch finished)."""
+    from ..patches import patch_path
+
+    for kind in ("images", "masks"):
+        a, b = (patch_path(out, dataset, sp, kind, patch_id) for sp in (from_split, to_split))
+        b.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(a, b)
 
 
 def _remove_moved_patches(out, dataset, rows):

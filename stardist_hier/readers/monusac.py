@@ -2,9 +2,12 @@
 
 Layout under ``--src``: the training folder ``MoNuSAC_images_and_annotations/`` and/or the
 test folder ``MoNuSAC Testing Data and Annotations/`` (either may also be ``--src``
-itself), each holding ``<patient>/<patient>_<n>.{tif,svs,xml}``. Split: ``test`` for a
-folder whose name contains "test", else ``train``; the seeded validation split is drawn
-from ``train`` by patient (the first 12 characters of the TCGA barcode, ``TCGA-XX-XXXX``).
+itself), each holding ``<patient>/<patient>_<n>.{tif,svs,xml}``. Split: the release's two
+folder names are ``train`` and ``test``; any other folder's split is read from its name
+(:func:`.base.split_of_folder`: ``test`` when a word of it starts with "test", else
+``train``) unless ``split`` is given (``prepare --split``); the conversion summary lists
+which folder went to which split. The seeded validation split is drawn from ``train`` by
+patient (the first 12 characters of the TCGA barcode, ``TCGA-XX-XXXX``).
 
 Rules:
 
@@ -26,7 +29,7 @@ import re
 from pathlib import Path
 
 
-from .base import Labelled, ReaderError, Sample, require_dir, to_rgb_uint8
+from .base import Labelled, ReaderError, Sample, check_split, read_tiff, require_dir, split_of_folder, to_rgb_uint8
 from .imagescope import rasterize, read_imagescope
 
 NAME = "monusac"
@@ -35,6 +38,7 @@ LABEL_SET = "monusac"
 DOWNLOAD_URL = "https://monusac-2020.grand-challenge.org/Data/"
 CHUNK = 1
 VAL_FROM = "train"
+SPLIT_FROM_FOLDER = True
 CLASSES = {"epithelial": 1, "lymphocyte": 2, "neutrophil": 3, "macrophage": 4}
 IGNORE_NAMES = ("ambiguous",)
 SPLIT_FOLDERS = {"MoNuSAC_images_and_annotations": "train", "MoNuSAC Testing Data and Annotations": "test"}
@@ -46,23 +50,37 @@ def _norm_stem(stem):
     return (m.group(1), int(m.group(2))) if m else (stem, None)
 
 
-def _split_roots(src):
+def _folder_split(folder):
+    return SPLIT_FOLDERS.get(folder.name) or split_of_folder(folder.name)
+
+
+def _split_roots(src, split=None):
     src = Path(src)
     require_dir(src, "MoNuSAC folder", "expected 'MoNuSAC_images_and_annotations/<patient>/...'")
+    check_split(split, src)
     roots = []
     for p in sorted(src.iterdir()):
         if p.is_dir() and (p.name in SPLIT_FOLDERS or re.search(r"monusac", p.name, re.I)):
-            roots.append((p, "test" if re.search(r"test", p.name, re.I) else "train"))
+            roots.append((p, _folder_split(p)))
     if not roots:
-        roots = [(src, "test" if re.search(r"test", src.name, re.I) else "train")]
-    return roots
+        return [(src, split or _folder_split(src), "" if split else src.name)]
+    if split is not None:
+        if len({s for _, s in roots}) > 1:
+            raise ReaderError(src, f"holds both a training and a test folder: --split {split} would merge them; "
+                                   "leave --split out, or point --src at one of the folders")
+        return [(p, split, "") for p, _ in roots]
+    return [(p, s, p.name) for p, s in roots]
 
 
-def find_samples(src):
-    """One :class:`Sample` per annotated sub-image (``.xml``) of every patient folder."""
+def find_samples(src, split=None):
+    """One :class:`Sample` per annotated sub-image (``.xml``) of every patient folder.
+
+    ``split`` (``'train'`` or ``'test'``), if given, is the split of every image found,
+    instead of the one read from its folder's name.
+    """
     src = Path(src)
     samples = []
-    for root, split in _split_roots(src):
+    for root, split_, named in _split_roots(src, split):
         patients = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.xml")))
         for pdir in patients:
             images = {}
@@ -74,39 +92,28 @@ def find_samples(src):
                 # the .tif is the published sub-image; the .svs is its fallback
                 cands = sorted(cands, key=lambda f: (f.suffix.lower() == ".svs", f.name))
                 samples.append(Sample(
-                    source=str(xml.relative_to(src)), split=split, group=pdir.name[:12],
-                    patch_id=xml.stem, key=(str(xml), tuple(str(c) for c in cands), str(pdir))))
+                    source=str(xml.relative_to(src)), split=split_, group=pdir.name[:12],
+                    patch_id=xml.stem, key=(str(xml), tuple(str(c) for c in cands), str(pdir)), split_folder=named))
     if not samples:
         raise ReaderError(src, "no MoNuSAC annotation found: expected patient folders with "
                                "'<patient>_<n>.xml' next to '.tif'/'.svs' images "
-                               f"(looked in {[str(r) for r, _ in _split_roots(src)]})")
+                               f"(looked in {[str(r[0]) for r in _split_roots(src, split)]})")
     return samples
 
 
 def read_svs_level0(path):
     """Full-resolution level of an Aperio ``.svs`` (a tiled TIFF) as an array."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        level = series.levels[0] if getattr(series, "levels", None) else series
-        return level.asarray()
+    return read_tiff(path, level0=True)
 
 
 def read_image(cands, pdir, xml):
     """Read the sub-image of ``xml`` from its ``.tif``, else its ``.svs``."""
-    import tifffile
-
     if not cands:
         files = sorted(p.name for p in Path(pdir).iterdir())
         raise ReaderError(xml, f"no image for this annotation: neither '{Path(xml).stem}.tif' nor "
                                f"'.svs' (suffix _N or _00N) in {pdir}, which holds {files}")
     path = cands[0]
-    try:
-        arr = read_svs_level0(path) if path.lower().endswith(".svs") else tifffile.imread(path)
-    except Exception as e:  # tifffile raises many types for damaged files
-        raise ReaderError(path, f"corrupt or unreadable image ({type(e).__name__}: {e})") from None
-    return to_rgb_uint8(arr, path)
+    return to_rgb_uint8(read_tiff(path, level0=path.lower().endswith(".svs")), path)
 
 
 def class_of(name, path="<xml>"):
