@@ -118,22 +118,45 @@ def find_datasets(data, split, dataset=None):
     ``data`` is either the root of the converted datasets or one dataset's folder (it holds
     ``<split>/masks``). Without ``dataset``, every dataset under the root with that split is
     returned.
+
+    Raises
+    ------
+    EvaluationError
+        No such folder, dataset or split; the message lists the datasets and the splits
+        that do exist.
     """
     data = Path(data)
     if not data.is_dir():
         raise EvaluationError(f"data folder not found: {data}")
+
+    def no_split(root, name):
+        have = P.list_splits(root, name)
+        return EvaluationError(f"dataset '{name}' under {root} has no split '{split}' "
+                               f"(its splits: {', '.join(have) if have else 'none: no <split>/masks folder'})")
+
+    is_dataset = bool(P.list_splits(data.parent, data.name))  # data is one dataset's folder
     if dataset is not None:
-        if data.name == dataset and (data / split / "masks").is_dir():
+        if data.name == dataset and is_dataset:
+            if not (data / split / "masks").is_dir():
+                raise no_split(data.parent, dataset)
             return data.parent, [dataset]
         if not (data / dataset).is_dir():
             have = sorted(p.name for p in data.iterdir() if p.is_dir())
             raise EvaluationError(f"dataset '{dataset}' not found under {data} (found: {have})")
+        if not (data / dataset / split / "masks").is_dir():
+            raise no_split(data, dataset)
         return data, [dataset]
     if (data / split / "masks").is_dir():
         return data.parent, [data.name]
+    if is_dataset:
+        raise no_split(data.parent, data.name)
     names = sorted(p.name for p in data.iterdir() if (p / split / "masks").is_dir())
     if not names:
-        raise EvaluationError(f"no dataset under {data} has a split '{split}' (expected {data}/<dataset>/{split}/masks)")
+        have = {p.name: P.list_splits(data, p.name) for p in sorted(data.iterdir()) if p.is_dir()}
+        have = {k: v for k, v in have.items() if v}
+        listing = "; ".join(f"{k}: {', '.join(v)}" for k, v in have.items()) or "none"
+        raise EvaluationError(f"no dataset under {data} has a split '{split}' (expected {data}/<dataset>/{split}/masks; "
+                              f"splits present: {listing})")
     return data, names
 
 
