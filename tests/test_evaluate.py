@@ -245,3 +245,16 @@ def test_unknown_dataset_label_set(tmp_path):
         E.evaluate_folder(tmp_path, "test", "mine", predictions=tmp_path / "p", progress=False)
     res = E.evaluate_folder(tmp_path, "test", "mine", predictions=tmp_path / "p", label_set="monuseg", progress=False)
     assert res.summary["n_images"] == 1 and math.isnan(res.summary["bPQ_pannuke_tissue"])
+
+
+def test_missing_split_lists_the_splits_that_exist(folder, capsys):
+    root = folder["root"]
+    P.write_patch(root, "pannuke", "fold1", "f0", np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256, 2), np.int32))
+    for data, dataset in [(root, "pannuke"), (root / "pannuke", None), (root / "pannuke", "pannuke")]:
+        with pytest.raises(E.EvaluationError) as e:
+            E.find_datasets(data, "val", dataset)
+        assert "no split 'val'" in str(e.value) and "its splits: fold1, test" in str(e.value)
+    with pytest.raises(E.EvaluationError, match=r"splits present: pannuke: fold1, test"):
+        E.find_datasets(root, "val")
+    rc, err = _run_cli(["--predictions", folder["pdir"], "--data", root, "--dataset", "pannuke", "--split", "val"], capsys)
+    assert rc == 1 and err.startswith("error: ") and "its splits: fold1, test" in err and len(err.splitlines()) == 1
