@@ -4,6 +4,12 @@ Each subcommand lives in its own module under :mod:`stardist_hier.commands` with
 functions, ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import
 heavy libraries (TensorFlow) inside ``run`` so that ``stardist-hier --help`` and the data
 and metrics commands start fast.
+
+Every subcommand takes the same output flags (``-q/--quiet``, ``-v/--verbose``) from
+:func:`stardist_hier.commands._common.add_output_flags`, and :func:`main` is the one place
+that reports errors: bad input or a bad path prints ``error: <message>`` and exits 1,
+Ctrl-C prints ``interrupted`` and exits 130, a usage error exits 2 (see
+:mod:`stardist_hier.commands._common`).
 """
 
 import argparse
@@ -45,12 +51,18 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    0 success, 1 bad input (``error: <message>`` on stderr), 2 usage error, 130 interrupted.
+    """
+    from .commands._common import run_command
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    return run_command(args._run, args)
 
 
 if __name__ == "__main__":

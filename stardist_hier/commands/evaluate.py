@@ -7,8 +7,9 @@ table. A saved prediction is <patch_id>.tif, an integer (H, W, 2) array in the l
 ground-truth masks: instance ids, then class ids in the ids of the label set being scored.
 """
 
-import sys
 from pathlib import Path
+
+from ._common import add_output_flags, show_progress
 
 
 def add_arguments(parser):
@@ -34,40 +35,39 @@ def add_arguments(parser):
     parser.add_argument("--save-predictions", type=Path, metavar="DIR",
                         help="with --model: also write the predictions as TIFFs (DIR/<patch_id>.tif; "
                              "DIR/<dataset>/<patch_id>.tif when several datasets are scored)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(parser)
 
 
 def run(args):
-    from ..hierarchy import HierarchyError
-    from ..metrics import MetricsError
+    from ..atomic import check_output_dir
     from ..metrics.folder import EvaluationError, evaluate_folder, find_datasets, format_summary, write_results
-    from ..patches import PatchFormatError
 
-    try:
-        root, names = find_datasets(args.data, args.split, args.dataset)
-        if args.predictions is not None and len(names) > 1:
-            raise EvaluationError(f"{root} holds several datasets with a split '{args.split}' ({', '.join(names)}): "
-                                  f"name the one the predictions belong to with --dataset")
-        model = None
-        if args.model is not None:
-            if not args.model.is_dir():
-                raise EvaluationError(f"model folder not found: {args.model}")
-            from ..model import HierStarDist2D
+    root, names = find_datasets(args.data, args.split, args.dataset)
+    if args.predictions is not None and len(names) > 1:
+        raise EvaluationError(f"{root} holds several datasets with a split '{args.split}' ({', '.join(names)}): "
+                              f"name the one the predictions belong to with --dataset")
+    if args.model is not None and not args.model.is_dir():
+        raise EvaluationError(f"model folder not found: {args.model}")
+    if args.predictions is not None and not args.predictions.is_dir():
+        raise EvaluationError(f"predictions folder not found: {args.predictions}")
+    # output paths are checked before the (long) evaluation, not when the results are written
+    out = check_output_dir(args.out or ((args.model or args.predictions) / "evaluation"), "--out")
+    if args.save_predictions is not None:
+        check_output_dir(args.save_predictions, "--save-predictions")
+    model = None
+    if args.model is not None:
+        from ..model import HierStarDist2D
 
-            model = HierStarDist2D(None, name=args.model.name, basedir=str(args.model.parent))
-        out = args.out or ((args.model if model is not None else args.predictions) / "evaluation")
-        for name in names:
-            save = None
-            if args.save_predictions is not None:
-                save = args.save_predictions / name if len(names) > 1 else args.save_predictions
-            result = evaluate_folder(root, args.split, name, predictions=args.predictions, model=model,
-                                     label_set=args.label_set, hierarchy=args.hierarchy, thresh=args.iou,
-                                     centroid_radius=args.centroid_radius or None,
-                                     progress=not args.no_progress, save_predictions=save)
-            paths = write_results(result, out)
-            print(format_summary(result))
-            print(f"\nwrote {paths['per_image']}, {paths['summary_csv'].name}, {paths['summary_json'].name}\n")
-    except (EvaluationError, MetricsError, HierarchyError, PatchFormatError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        model = HierStarDist2D(None, name=args.model.name, basedir=str(args.model.parent))
+    for name in names:
+        save = None
+        if args.save_predictions is not None:
+            save = args.save_predictions / name if len(names) > 1 else args.save_predictions
+        result = evaluate_folder(root, args.split, name, predictions=args.predictions, model=model,
+                                 label_set=args.label_set, hierarchy=args.hierarchy, thresh=args.iou,
+                                 centroid_radius=args.centroid_radius or None,
+                                 progress=show_progress(args), save_predictions=save)
+        paths = write_results(result, out)
+        print(format_summary(result))
+        print(f"\nwrote {paths['per_image']}, {paths['summary_csv'].name}, {paths['summary_json'].name}\n")
     return 0

@@ -1,6 +1,6 @@
 """Validate a class hierarchy YAML and print its tree, leaf channels and label sets."""
 
-import sys
+from ._common import add_output_flags
 
 
 def add_arguments(parser):
@@ -8,25 +8,17 @@ def add_arguments(parser):
                         help="hierarchy YAML file (default: the hierarchy shipped with the package)")
     parser.add_argument("--label-set", action="append", dest="label_sets", metavar="NAME",
                         help="only mark these label sets in the tree (repeatable)")
+    add_output_flags(parser)
 
 
 def run(args):
-    from ..hierarchy import ClassHierarchy, HierarchyError
+    from ..hierarchy import ClassHierarchy
 
-    try:
-        h = ClassHierarchy.resolve(args.file)
-        for name in args.label_sets or ():
-            h.label_set(name)  # an unknown name is an error with a suggestion, before any output
-        print(h.render(args.label_sets))
-    except HierarchyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    h = ClassHierarchy.resolve(args.file)
+    # an unknown name is an error with a suggestion, before any output
+    shown = [h.label_set(n) for n in args.label_sets] if args.label_sets else list(h.label_sets.values())
+    print(h.render(args.label_sets))
     print(f"\n{h.n_classes} leaves (output channels 1..{h.n_classes}; channel 0 = background)")
-    try:
-        shown = [h.label_set(n) for n in args.label_sets] if args.label_sets else list(h.label_sets.values())
-    except HierarchyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     for ls in shown:
         extra = f"; unannotated: {', '.join(ls.unannotated)}" if ls.unannotated else ""
         print(f"  {ls.name}: " + ", ".join(f"{k}={v}" for k, v in ls.nodes.items()) + extra)

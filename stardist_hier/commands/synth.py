@@ -7,7 +7,7 @@ stains), monusac (epithelial coarse, immune cells fine, other nuclei unannotated
 with the same parameters are skipped; interrupted ones are completed.
 """
 
-import sys
+from ._common import add_output_flags, show_progress, usage_error
 
 
 def _positive_int(text):
@@ -36,28 +36,31 @@ def add_arguments(parser):
                         help="processes generating tiles in parallel (default: 1; the output does not depend on it)")
     parser.add_argument("--overlay", metavar="PNG",
                         help="also draw the first train tiles of each dataset with outlines coloured by leaf")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_flags(parser)
 
 
 def run(args):
     from ..synth import DATASETS, SPLITS, generate_all, generate_tile, save_overlay, tile_seed
 
+    from pathlib import Path
+
+    from ..atomic import check_output_dir
+
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [d for d in names if d not in DATASETS]
     if unknown or not names:
-        print(f"error: unknown dataset(s) {unknown}; choose from {', '.join(DATASETS)}", file=sys.stderr)
-        return 2
+        return usage_error(f"unknown dataset(s) {unknown}; choose from {', '.join(DATASETS)}")
     if args.size < 32:
-        print(f"error: --size must be at least 32, got {args.size}", file=sys.stderr)
-        return 2
+        return usage_error(f"--size must be at least 32, got {args.size}")
+    check_output_dir(args.out, "--out")
+    if args.overlay:
+        if Path(args.overlay).is_dir():
+            raise IsADirectoryError(f"--overlay {args.overlay} is a folder; give the path of a PNG file")
+        check_output_dir(Path(args.overlay).parent, "--overlay")
     counts = {split: getattr(args, f"n_{split}") for split in SPLITS}
-    try:
-        results = generate_all(args.out, names, counts=counts, size=args.size, seed=args.seed,
-                               unannotated=args.unannotated, overwrite=args.overwrite, progress=not args.quiet,
-                               workers=max(1, args.workers))
-    except FileExistsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    results = generate_all(args.out, names, counts=counts, size=args.size, seed=args.seed,
+                           unannotated=args.unannotated, overwrite=args.overwrite, progress=show_progress(args),
+                           workers=max(1, args.workers))
     for r in results:
         what = "already complete, skipped" if r["skipped"] else f"{r['nuclei']} nuclei, {r['seconds']:.1f} s"
         print(f"{r['dataset']}: {r['patches']} patches in {r['path']} ({what})")
