@@ -1,8 +1,10 @@
 """Tissue masks of whole slides and the slide-wide normalisation.
 
-* :func:`tissue_mask`: Otsu's threshold on the grey levels of a thumbnail (tissue is darker
-  than the glass), capped at :data:`WHITE_LEVEL` so that an empty slide stays empty, then
-  small objects and small holes removed.
+* :func:`tissue_mask`: Otsu's threshold on the smoothed colour saturation of a thumbnail (stained
+  tissue is coloured, glass is grey or white; grey levels alone split H&E tissue into nuclei
+  and the rest), at least :data:`MIN_SATURATION` and on pixels darker than
+  :data:`WHITE_LEVEL`, so that an empty slide stays empty; then a closing, and small objects
+  and small holes removed.
 * :func:`load_mask`: a user's mask file (``--mask FILE``), resized to the thumbnail.
 * :func:`normalization_percentiles`: per-channel percentiles of the tissue pixels of the
   thumbnail (:data:`stardist_hier.patches.NORMALIZE_PERCENTILES`, the training ones), so every
@@ -20,12 +22,16 @@ from ..patches import NORMALIZE_PERCENTILES
 from .slides import InputError, read_image
 
 __all__ = ["tissue_mask", "load_mask", "normalization_percentiles", "normalize_with", "WHITE_LEVEL",
-           "MIN_CONTRAST", "MIN_OBJECT_FRACTION", "MIN_HOLE_FRACTION"]
+           "MIN_SATURATION", "SMOOTH", "CLOSE", "MIN_OBJECT_FRACTION", "MIN_HOLE_FRACTION"]
 
 #: Grey level (0..255) above which a thumbnail pixel is never tissue (glass is brighter).
-WHITE_LEVEL = 225.0
-#: A thumbnail whose grey levels span less than this (max - min) holds no tissue.
-MIN_CONTRAST = 12.0
+WHITE_LEVEL = 235.0
+#: Saturation (HSV, 0..1) below which a thumbnail pixel is never tissue, whatever Otsu says.
+MIN_SATURATION = 0.05
+#: Sigma (thumbnail pixels) of the smoothing before Otsu's threshold.
+SMOOTH = 2.0
+#: Radius (thumbnail pixels) of the closing after it.
+CLOSE = 2
 #: Connected tissue regions smaller than this share of the thumbnail are dropped.
 MIN_OBJECT_FRACTION = 1e-4
 #: Holes in the tissue smaller than this share of the thumbnail are filled.
@@ -39,21 +45,35 @@ def _grey(rgb):
     return rgb[..., :3] @ np.array([0.2125, 0.7154, 0.0721], np.float32)  # skimage.color.rgb2gray weights
 
 
+def _saturation(rgb):
+    rgb = np.asarray(rgb, np.float32)
+    if rgb.ndim == 2:
+        return np.zeros(rgb.shape, np.float32)
+    mx, mn = rgb[..., :3].max(axis=-1), rgb[..., :3].min(axis=-1)
+    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0).astype(np.float32)
+
+
 def tissue_mask(thumbnail, min_object_fraction=MIN_OBJECT_FRACTION, min_hole_fraction=MIN_HOLE_FRACTION,
-                white_level=WHITE_LEVEL):
-    """Tissue of a slide thumbnail: Otsu on grey levels, small objects and holes removed.
+                white_level=WHITE_LEVEL, min_saturation=MIN_SATURATION, smooth=SMOOTH, close=CLOSE):
+    """Tissue of a slide thumbnail: Otsu on the saturation, small objects and holes removed.
 
     Parameters
     ----------
     thumbnail : numpy.ndarray
-        ``(h, w, 3)`` uint8 RGB (or ``(h, w)`` grey).
+        ``(h, w, 3)`` uint8 RGB.
     min_object_fraction : float
         Regions smaller than this share of the thumbnail's pixels are removed.
     min_hole_fraction : float
         Holes smaller than this share of the thumbnail's pixels are filled.
     white_level : float
-        Pixels brighter than this grey level are glass whatever Otsu's threshold says (an
-        empty slide then gives an empty mask rather than half its noise).
+        Pixels brighter than this grey level are glass.
+    min_saturation : float
+        Pixels less saturated than this are glass whatever Otsu's threshold says (an empty
+        slide then gives an empty mask rather than half its noise).
+    smooth : float
+        Sigma (thumbnail pixels) of the Gaussian smoothing before the threshold.
+    close : int
+        Radius (thumbnail pixels) of the morphological closing after it (0: none).
 
     Returns
     -------
@@ -63,16 +83,34 @@ def tissue_mask(thumbnail, min_object_fraction=MIN_OBJECT_FRACTION, min_hole_fra
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
 
+    from scipy import ndimage as ndi
+
+    sat = _saturation(thumbnail)
     grey = _grey(thumbnail)
-    if grey.size == 0 or float(grey.max() - grey.min()) < MIN_CONTRAST:
-        return np.zeros(grey.shape, bool)
-    t = min(float(threshold_otsu(grey)), float(white_level))
-    mask = grey < t
-    n = grey.size
+    if sat.size and smooth > 0:
+        # stained tissue is a mix of saturated nuclei and paler stroma: smoothing narrows the
+        # tissue mode, which Otsu would otherwise split
+        sat = ndi.gaussian_filter(sat, smooth)
+        grey = ndi.gaussian_filter(grey, smooth)
+    if sat.size == 0 or float(sat.max()) < min_saturation:
+        return np.zeros(sat.shape, bool)
+    t = max(float(threshold_otsu(sat)), float(min_saturation)) if sat.max() > sat.min() else float(min_saturation)
+    mask = (sat > t) & (grey < white_level)
+    if close > 0:
+        from skimage.morphology import disk
+
+        r = int(close)
+        padded = np.pad(mask, r, mode="edge")  # no erosion from outside the thumbnail
+        mask = ndi.binary_closing(padded, structure=disk(r))[r:-r, r:-r]
+    n = sat.size
     min_obj = max(1, int(round(min_object_fraction * n)))
     min_hole = max(1, int(round(min_hole_fraction * n)))
-    mask = remove_small_objects(mask, max_size=min_obj) if _has_max_size() else remove_small_objects(mask, min_obj)
-    mask = remove_small_holes(mask, max_size=min_hole) if _has_max_size() else remove_small_holes(mask, min_hole)
+    if _has_max_size():
+        mask = remove_small_objects(mask, max_size=min_obj)
+        mask = remove_small_holes(mask, max_size=min_hole)
+    else:  # scikit-image < 0.26
+        mask = remove_small_objects(mask, min_obj)
+        mask = remove_small_holes(mask, min_hole)
     return mask
 
 
