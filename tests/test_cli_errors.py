@@ -229,3 +229,34 @@ def test_warnings_are_one_line_and_restored(capsys):
     assert capsys.readouterr().err == "warning: careful: one source image only\n"
     assert warnings.showwarning is before
 
+
+
+def test_real_sigint_with_worker_processes(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C sends), workers included: one line, 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = _monuseg_src(tmp_path / "src", [f"TCGA-AA-{i:04d}-01Z-00-DX1" for i in range(400)])
+    out = tmp_path / "o"
+    code = ("import sys; from stardist_hier.cli import main; "
+            f"sys.exit(main(['prepare', 'monuseg', '--src', {str(src)!r}, '--out', {str(out)!r}, '-q', "
+            "'--workers', '2', '--val-fraction', '0']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not list((out / "monuseg" / "train" / "masks").glob("*.tif")) and proc.poll() is None:
+            assert time.time() < deadline, "the conversion did not start"
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.skip("the conversion finished before it could be interrupted")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted", err

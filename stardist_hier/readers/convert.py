@@ -155,6 +155,12 @@ def _process(task):
     return results
 
 
+def _ignore_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _clean_temp_files(out, dataset):
     d = Path(out) / dataset
     if d.is_dir():
@@ -256,7 +262,10 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
             import multiprocessing as mp
 
             # fork starts workers without re-importing the package; spawn where there is no fork
-            pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(int(workers))
+            # workers ignore Ctrl-C: the parent gets the KeyboardInterrupt and terminates them,
+            # so an interrupted run prints one line, not a traceback per worker
+            pool = mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(int(workers),
+                                                                                 initializer=_ignore_sigint)
             results_iter = pool.imap_unordered(_process, tasks)
         else:
             results_iter = map(_process, tasks)
