@@ -18,20 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics.folder import HEADLINE_METRICS
 from .paper_tables import TABLE2, TABLE3, get_row
 
 __all__ = ["CONVENTIONS", "NOT_RUN", "find_runs", "run_status", "collect_table", "format_table",
            "plot_loss_curves", "plot_overlays", "setup_notebook", "run_summary", "FIGURE_ROWS", "figure_panels"]
 
-#: reproduced columns: (column label, metrics.csv key). The paper reports one "PQ" (Eq. 5)
-#: without saying how it is averaged, so every convention is shown.
-CONVENTIONS = [
-    ("bPQ", "bPQ_pannuke_tissue"),
-    ("mPQ", "mPQ_pannuke_tissue"),
-    ("PQ (CoNIC)", "PQ_conic"),
-    ("mPQ+", "mPQ+_conic"),
-    ("PQ (StarDist)", "PQ_stardist_summed"),
-]
+#: reproduced columns: (column label, metrics.csv key): the package's headline metrics
+#: (:data:`stardist_hier.metrics.folder.HEADLINE_METRICS`) and StarDist's own PQ. The paper
+#: reports one "PQ" (Eq. 5) without saying how it is averaged, so every convention is shown.
+CONVENTIONS = [*HEADLINE_METRICS, ("PQ (StarDist)", "PQ_stardist_summed")]
 
 #: mark of a row without a complete run
 NOT_RUN = "not run"
@@ -235,7 +231,8 @@ def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=
     -------
     matplotlib.figure.Figure
     """
-    import warnings
+    import contextlib
+    import io
 
     import matplotlib.pyplot as plt
     import yaml
@@ -265,8 +262,7 @@ def plot_overlays(results_dir, panels=None, n_images=3, data_root=None, figsize=
         root = Path(data_root or cfg["data_root"])
         split = cfg["splits_used"][r.test]["test"]
         ids = P.list_patches(root, r.test, split)[:n_images]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(io.StringIO()):  # stock StarDist prints what it loads
             model = HierStarDist2D(None, "model", str(d))
         for k, ax in enumerate(axrow):
             ax.set_xticks([])

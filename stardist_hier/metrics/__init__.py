@@ -99,8 +99,8 @@ Modules
 from .classes import class_id_map, instance_classes, label_set_class_ids
 from .conventions import evaluate_arrays, per_image_frame, r2_score, summarize
 from .counts import ImageCounts, evaluate_image
-from .folder import (CONVENTIONS, EvaluationError, EvaluationResult, evaluate_folder, find_datasets, format_summary,
-                     read_prediction, write_prediction, write_results)
+from .folder import (CONVENTIONS, HEADLINE_METRICS, EvaluationError, EvaluationResult, evaluate_folder, find_datasets,
+                     format_summary, read_prediction, write_prediction, write_results)
 from .matching import RULE_HOVERNET, RULE_STARDIST, RULES, MetricsError, image_pq, match_instances
 
 __all__ = [
@@ -111,4 +111,5 @@ __all__ = [
     # scoring the patch folders (formerly stardist_hier.evaluation)
     "EvaluationError", "EvaluationResult", "read_prediction", "write_prediction",
     "find_datasets", "evaluate_folder", "write_results", "format_summary", "CONVENTIONS",
+    "HEADLINE_METRICS",
 ]

@@ -41,7 +41,7 @@ from .conventions import per_image_frame, summarize
 from .counts import evaluate_image
 
 __all__ = ["EvaluationError", "EvaluationResult", "read_prediction", "write_prediction",
-           "find_datasets", "evaluate_folder", "write_results", "format_summary", "CONVENTIONS"]
+           "find_datasets", "evaluate_folder", "write_results", "format_summary", "CONVENTIONS", "HEADLINE_METRICS"]
 
 
 class EvaluationError(ValueError):
@@ -425,6 +425,16 @@ CONVENTIONS = {
     "acc_class_centroid": "HoVer-Net accuracy over the centroid pairs",
     "F1_class_centroid_mean": "HoVer-Net classification F1 on the centroid pairs, mean over classes",
 }
+
+#: the headline numbers every table, log line and benchmark of the package reports, in this
+#: order: ``(column label, summary key of CONVENTIONS)``. The one list of metric names: the
+#: runner's log line, the demo table, the claim benchmark and the paper tables read it.
+HEADLINE_METRICS = (
+    ("bPQ", "bPQ_pannuke_tissue"),
+    ("mPQ", "mPQ_pannuke_tissue"),
+    ("mPQ+", "mPQ+_conic"),
+    ("PQ (CoNIC)", "PQ_conic"),
+)
 
 
 def format_summary(result):
