@@ -200,7 +200,77 @@ def test_monitor_state_plateau_and_early_stopping():
     assert seen == [(True, None, False), (True, None, False), (False, None, False), (False, 5e-4, False),
                     (False, None, True)]
     assert state["best"] == 2.0 and state["best_epoch"] == 2 and state["stopped_early"]
+    assert state["stop_reason"] == "early_stopping_patience: val_loss has not improved for 3 epochs"
     # NaN never counts as an improvement
     s2 = dict(best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False)
     assert update_monitor_state(s2, float("nan"), 1, 1e-3, dict(reduce_lr=None, early_stopping_patience=None)) == (
         False, None, False)
+    assert "stop_reason" not in s2
+
+
+def test_runner_owns_stopping_and_plateau_model_keys_are_refused():
+    for key, top in (("train_early_stopping_patience", "early_stopping_patience"), ("train_reduce_lr", "reduce_lr")):
+        bad = dict(name="x", episodes=[dict(dataset="consep", epochs=1)], test=["consep"],
+                   model=dict(TINY_MODEL, **{key: 3 if key.endswith("patience") else dict(factor=0.5, patience=2)}))
+        with pytest.raises(ValueError, match=rf"model\.{key} is not allowed.*top-level key '{top}'"):
+            normalize_config(bad)
+    # null is what the runner itself sets: accepted, and stock StarDist's default plateau
+    # (train_reduce_lr on unless said otherwise) is switched off in every run config
+    cfg = normalize_config(dict(name="x", episodes=[dict(dataset="consep", epochs=1)], test=["consep"],
+                                model=dict(TINY_MODEL, train_early_stopping_patience=None)))
+    assert cfg["model"]["train_reduce_lr"] is None and "train_early_stopping_patience" not in cfg["model"]
+    assert normalize_config(cfg) == cfg
+    for row in ((2, 6), (3, 2)):
+        for scale in ("paper", "smoke"):
+            assert make_row_config(row, scale)["model"]["train_reduce_lr"] is None
+    # a model built by other means is refused before it trains
+    from stardist_hier.experiments.checkpoints import check_no_keras_monitors
+    from stardist_hier.model.build import build_model
+
+    m = build_model("default", dict(TINY_MODEL))  # stock default: train_reduce_lr on
+    with pytest.raises(ValueError, match="train_reduce_lr=.*top-level 'reduce_lr'"):
+        check_no_keras_monitors(m)
+
+
+def test_a_keras_stop_is_recorded_and_a_resume_does_not_train_on(data, tmp_path, monkeypatch):
+    """Keras callbacks of fit: none of Keras' own monitors; a stop by another callback marks
+    the episode stopped early before anything else, so a run resumed after a crash keeps it."""
+    import keras
+
+    import stardist_hier.experiments.runner as runner_mod
+
+    seen_callbacks = []
+    fit = keras.Model.fit
+
+    class StopAfterOne(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    def spy_fit(self, *args, callbacks=None, **kwargs):
+        seen_callbacks.extend(type(cb).__name__ for cb in callbacks)
+        return fit(self, *args, callbacks=list(callbacks) + [StopAfterOne()], **kwargs)
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    cfg = _single("stopped", epochs=3)
+    assert "train_reduce_lr" not in TINY_MODEL  # so the test sees stock StarDist's default
+    with monkeypatch.context() as m:
+        m.setattr(keras.Model, "fit", spy_fit)
+        m.setattr(runner_mod, "finish_episode", crash)
+        with pytest.raises(Crash):
+            run_experiment(cfg, data, tmp_path, verbose=0)
+    assert seen_callbacks and not {"EarlyStopping", "ReduceLROnPlateau"} & set(seen_callbacks), seen_callbacks
+    ckpt = next((tmp_path / "cache").iterdir()) / "checkpoint"
+    state = yaml.safe_load((ckpt / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["stopped_early"] is True
+    assert "without the runner stopping it" in state["stop_reason"]
+    seen = []
+    res = run_experiment(cfg, data, tmp_path, verbose=0, on_epoch_end=seen.append)
+    assert seen == [] and len(res.history) == 1
+    ep = res.info["episodes"][0]
+    assert ep["stopped_early"] is True and ep["epochs_run"] == 1 and ep["epochs"] == 3
+    assert "stop_training" in ep["stop_reason"]

@@ -9,7 +9,11 @@ from the last saved epoch.
 Best weights, the learning-rate plateau and early stopping of a run are decided here, in
 :func:`update_monitor_state`, and nowhere else: the state lives in the checkpoint, so a
 resumed episode continues the counts instead of restarting them as fresh Keras callbacks
-would.
+would. :func:`check_no_keras_monitors` refuses a model that would add Keras' own
+``EarlyStopping`` or ``ReduceLROnPlateau``; and if training still ends before its epochs for
+another reason (a Keras callback setting ``stop_training``), the state records it
+(``stopped_early``, ``stop_reason``) before anything else is written, so that a resumed run
+does not train the episode on.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from ..hierarchy import ClassHierarchy
 from .config import TRAINING_FORMAT, plain
 from .data import data_fingerprint
 
-__all__ = ["log", "history_columns", "episode_key", "update_monitor_state", "train_episode", "finish_episode",
-           "load_episode_into"]
+__all__ = ["log", "history_columns", "episode_key", "update_monitor_state", "check_no_keras_monitors", "train_episode",
+           "finish_episode", "load_episode_into"]
 
 
 def log(msg, verbose=1):
@@ -67,7 +71,8 @@ def update_monitor_state(state, monitor, epoch, lr, cfg):
     ----------
     state : dict
         ``best``, ``best_epoch``, ``wait`` (epochs since the best), ``lr_wait`` (epochs
-        since the best or the last reduction), ``stopped_early``; updated in place.
+        since the best or the last reduction), ``stopped_early`` and ``stop_reason`` (set
+        when this call stops the episode); updated in place.
     monitor : float
         This epoch's validation loss.
     epoch : int
@@ -99,7 +104,41 @@ def update_monitor_state(state, monitor, epoch, lr, cfg):
     stop = pat is not None and state["wait"] >= pat
     if stop:
         state["stopped_early"] = True
+        state["stop_reason"] = f"early_stopping_patience: val_loss has not improved for {state['wait']} epochs"
     return improved, new_lr, stop
+
+
+def check_no_keras_monitors(model):
+    """Refuse a model whose training would add Keras' own early stopping or LR plateau.
+
+    The runner owns both (:func:`update_monitor_state`); stock StarDist adds
+    ``ReduceLROnPlateau`` whenever ``config.train_reduce_lr`` is set (its default), and
+    :class:`~stardist_hier.model.HierStarDist2D` adds ``EarlyStopping`` for
+    ``config.train_early_stopping_patience``.
+
+    Raises
+    ------
+    ValueError
+        Naming the model parameter and the run-config key to use instead.
+    """
+    import keras
+
+    from .config import RUNNER_OWNED
+
+    for k, top in RUNNER_OWNED.items():
+        if getattr(model.config, k, None) is not None:
+            raise ValueError(f"model config has {k}={getattr(model.config, k)!r}: in a run the runner owns this; set "
+                             f"{k}=None and use the run config's top-level '{top}'")
+    owned = (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau)
+    found = [type(cb).__name__ for cb in getattr(model, "callbacks", None) or [] if isinstance(cb, owned)]
+    if found:
+        raise ValueError(f"the model holds Keras callback(s) {found}: in a run the runner owns stopping and the "
+                         "learning-rate plateau (run-config keys 'early_stopping_patience', 'reduce_lr')")
+
+
+def _write_state(ckpt, state):
+    """The commit point of an epoch: ``state.json``, written by rename."""
+    atomic_write_text(Path(ckpt) / "state.json", json.dumps(state, indent=1))
 
 
 def _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoch_end):
@@ -146,8 +185,7 @@ def _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoc
             old = dict(state.get("files") or {})
             state["epochs_done"] = e
             state["files"] = files
-            # the commit point: state.json names this epoch's files
-            atomic_write_text(ckpt / "state.json", json.dumps(state, indent=1))
+            _write_state(ckpt, state)  # the commit point: state.json names this epoch's files
             for key, name in old.items():
                 if name != files.get(key) and (ckpt / name).exists():
                     (ckpt / name).unlink()
@@ -177,16 +215,19 @@ def train_episode(model, cfg, i, ep_dir, data, verbose, on_epoch_end):
     ds = ep["dataset"]
     ckpt = ep_dir / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = dict(epochs_done=0, best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False, files={})
+    state = dict(epochs_done=0, best=float("inf"), best_epoch=None, wait=0, lr_wait=0, stopped_early=False,
+                 stop_reason=None, files={})
     rows = []
     if (ckpt / "state.json").is_file():
         import pandas as pd
 
         state = json.loads((ckpt / "state.json").read_text())
+        state.setdefault("stop_reason", None)
         files = state["files"]
-        model.keras_model.load_weights(str(ckpt / files["last"]))
-        load_optimizer_state(model, ckpt / files["optimizer"])
-        rows = pd.read_csv(ckpt / files["history"]).to_dict("records")
+        if files.get("last"):  # (none when training stopped before its first epoch ended)
+            model.keras_model.load_weights(str(ckpt / files["last"]))
+            load_optimizer_state(model, ckpt / files["optimizer"])
+            rows = pd.read_csv(ckpt / files["history"]).to_dict("records")
         log(f"  resuming episode {i + 1} ({ds}) after epoch {state['epochs_done']}/{ep['epochs']}", verbose)
     start = state["epochs_done"]
     remaining = ep["epochs"] - start
@@ -203,11 +244,20 @@ def train_episode(model, cfg, i, ep_dir, data, verbose, on_epoch_end):
                 X, Y, C = [X[k] for k in idx], [Y[k] for k in idx], [C[k] for k in idx]
         info = dict(run=cfg["name"], episode=i + 1, n_episodes=len(cfg["episodes"]), dataset=ds, epochs=ep["epochs"])
         cb = _make_epoch_callback(model, ep_dir, state, rows, info, cfg, verbose, on_epoch_end)
+        check_no_keras_monitors(model)
         # epochs=remaining with initial_epoch=0: the data generator is built for exactly the
         # batches that are consumed, so no prefetching thread outlives the call
         model.train(X, Y, validation_data=(Xv, Yv, Cv), classes=C, dataset=ds, augmenter=augmenter, seed=seed,
                     epochs=remaining, steps_per_epoch=cfg["steps_per_epoch"], callbacks=[cb],
                     verbose=1 if verbose >= 2 else 0)
+        if state["epochs_done"] < ep["epochs"] and not state["stopped_early"]:
+            # fit returned before its epochs without the runner stopping it: say so in the
+            # checkpoint before anything else, so that a resume does not train on
+            state["stopped_early"] = True
+            state["stop_reason"] = (f"training ended after epoch {state['epochs_done']} of {ep['epochs']} "
+                                    "without the runner stopping it (a Keras callback set stop_training)")
+            _write_state(ckpt, state)
+            log(f"    {state['stop_reason']}", verbose)
         if state["stopped_early"]:
             time.sleep(0.5)  # let a batch that TensorFlow was still prefetching finish (see module docs)
     trained = state["epochs_done"] - start
@@ -225,7 +275,8 @@ def finish_episode(model, ep_dir, state, rows, key, ds):
     atomic_write_text(ep_dir / "history.csv", _rows_frame(rows, ds).to_csv(index=False))
     atomic_write_text(ep_dir / "key.yaml", yaml.safe_dump(plain(key), sort_keys=False))
     done = dict(epochs=state["epochs_done"], best=state["best"] if np.isfinite(state["best"]) else None,
-                best_epoch=state["best_epoch"], stopped_early=state["stopped_early"], finished=time.time())
+                best_epoch=state["best_epoch"], stopped_early=state["stopped_early"],
+                stop_reason=state.get("stop_reason"), finished=time.time())
     atomic_write_text(ep_dir / "done.json", json.dumps(done, indent=1))
     shutil.rmtree(ep_dir / "checkpoint", ignore_errors=True)
 

@@ -23,9 +23,11 @@ A run is described by a config (a dict, saved as ``config.yaml`` in the run fold
 
 Stopping, best weights and the learning-rate plateau of a run have one owner, the runner
 (:func:`stardist_hier.experiments.checkpoints.update_monitor_state`): the top-level keys
-``early_stopping_patience``, ``reduce_lr`` and ``restore_best`` set them, and the model
-parameters that would add Keras callbacks for the same (``train_early_stopping_patience``,
-``train_reduce_lr``) are refused in ``model``.
+``early_stopping_patience``, ``reduce_lr`` and ``restore_best`` set them. The model
+parameters that would add Keras callbacks for the same are refused in ``model``
+(:data:`RUNNER_OWNED`), and ``model.train_reduce_lr`` is always ``None`` in a normalised
+config: stock StarDist's default (``ReduceLROnPlateau``, factor 0.5, patience 40) would
+otherwise run behind the runner's own plateau and restart with every episode and resume.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ import numpy as np
 from ..augment import AugmentConfig
 from .paper_tables import PaperRow, get_row
 
-__all__ = ["TRAINING_FORMAT", "SCALES", "SYNTHETIC_SMOKE", "CONFIG_KEYS", "scaled_epochs", "make_row_config",
-           "normalize_config", "plain", "config_hash"]
+__all__ = ["TRAINING_FORMAT", "SCALES", "SYNTHETIC_SMOKE", "CONFIG_KEYS", "RUNNER_OWNED", "scaled_epochs",
+           "make_row_config", "normalize_config", "plain", "config_hash"]
 
 #: Version of the training procedure, part of every cache key: bump it when a change to
 #: the runner would make old cached episodes differ from new ones.
@@ -61,7 +63,7 @@ SCALES = {
     "paper": dict(
         model=dict(n_rays=64, grid=(2, 2), n_channel_in=3, unet_n_depth=3, unet_n_filter_base=32,
                    net_conv_after_unet=128, train_patch_size=(256, 256), train_batch_size=8,
-                   train_learning_rate=3e-4, train_reduce_lr=None, use_gpu=False),
+                   train_learning_rate=3e-4, use_gpu=False),
         steps_per_epoch=100, epoch_factor=1.0, reduce_lr=dict(factor=0.5, patience=40, min_lr=0.0),
         early_stopping_patience=None, optimize_thresholds=True, threshold_max_images=200,
         max_images=dict(train=None, val=None, test=None),
@@ -69,7 +71,7 @@ SCALES = {
     "smoke": dict(
         model=dict(n_rays=16, grid=(2, 2), n_channel_in=3, unet_n_depth=2, unet_n_filter_base=16,
                    net_conv_after_unet=32, train_patch_size=(64, 64), train_batch_size=4,
-                   train_learning_rate=3e-3, train_reduce_lr=None, use_gpu=False),
+                   train_learning_rate=3e-3, use_gpu=False),
         steps_per_epoch=50, epoch_factor=0.02, reduce_lr=None, early_stopping_patience=None,
         optimize_thresholds=False, threshold_max_images=None, max_images=dict(train=16, val=4, test=8),
     ),
@@ -151,6 +153,10 @@ def make_row_config(row, scale="paper", seed=0, **overrides):
     return normalize_config(_merge(cfg, overrides))
 
 
+#: model parameters (HierConfig2D) that would add a Keras callback doing what the runner
+#: does itself -> the top-level run-config key to use instead
+RUNNER_OWNED = {"train_early_stopping_patience": "early_stopping_patience", "train_reduce_lr": "reduce_lr"}
+
 CONFIG_KEYS = {"name", "scale", "seed", "episodes", "test", "steps_per_epoch", "early_stopping_patience", "reduce_lr",
                 "restore_best", "optimize_thresholds", "max_images", "splits", "hierarchy", "model", "augment",
                 "paper_row", "deterministic", "threshold_max_images"}
@@ -216,6 +222,13 @@ def normalize_config(cfg):
     for k in ("hierarchy", "n_classes"):
         if k in cfg["model"]:
             raise ValueError(f"run config: set the hierarchy with the top-level 'hierarchy' key, not model.{k}")
+    for k, top in RUNNER_OWNED.items():
+        # null is accepted: it is what the runner sets (and what a saved config.yaml holds)
+        if cfg["model"].get(k) is not None:
+            raise ValueError(f"run config: model.{k} is not allowed in a run (a Keras callback behind the runner's own "
+                             f"stopping and plateau logic); use the top-level key '{top}' instead")
+    cfg["model"].pop("train_early_stopping_patience", None)
+    cfg["model"]["train_reduce_lr"] = None  # stock StarDist's default plateau callback is on
     if cfg.get("augment") is not None:
         cfg["augment"] = AugmentConfig.from_dict(cfg["augment"]).to_dict()
     return plain(cfg)

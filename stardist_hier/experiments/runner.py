@@ -15,7 +15,10 @@ Run folder ``<out>/<name>/``:
   shares it, or by this run before an interruption);
 * ``metrics.csv``: one row per test dataset, every convention of
   :mod:`stardist_hier.metrics.folder`; ``eval/`` the per-image CSVs;
-* ``run.json``: written last: the run is complete.
+* ``run.json``: written last: the run is complete. Per episode: its cache folder,
+  ``epochs_run`` (epochs the episode trained, whoever trained it), ``trained_epochs`` (by
+  this invocation), ``reused``, ``stopped_early`` and ``stop_reason``; ``thresholds``: the
+  detection thresholds the evaluation used, and where they were tuned.
 
 Sharing, resuming, reproducing
 ------------------------------
@@ -39,6 +42,8 @@ the runner waits for it, but exact reproducibility is only tested without early 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -53,12 +58,19 @@ from .. import __version__
 from .. import patches as P
 from ..atomic import atomic_write_text
 from ..hierarchy import ClassHierarchy
+from ..metrics.folder import HEADLINE_METRICS
 from .checkpoints import episode_key, finish_episode, load_episode_into, log, train_episode
 from .config import config_hash, make_row_config, normalize_config, plain
 from .data import check_data, data_fingerprint, select_ids
 from .paper_tables import PaperRow, get_row
 
 __all__ = ["RunResult", "run_experiment", "run_rows", "load_run"]
+
+
+def _stock_prints(verbose):
+    """Hides what stock StarDist prints (models it builds or loads, tuned thresholds) below
+    ``verbose`` 2; warnings still show."""
+    return contextlib.redirect_stdout(io.StringIO()) if verbose < 2 else contextlib.nullcontext()
 
 
 def _test_view(root, dataset, split, ids, view_root):
@@ -120,8 +132,9 @@ class RunResult:
     history : pandas.DataFrame
     metrics : pandas.DataFrame
     info : dict
-        ``run.json``: per episode its cache folder, ``trained_epochs`` (this invocation)
-        and ``reused``; ``seconds``.
+        ``run.json`` (see the module docstring): per episode its cache folder,
+        ``epochs_run``, ``trained_epochs`` (this invocation), ``reused``, ``stopped_early``;
+        ``thresholds``; ``seconds``.
     """
 
     def __init__(self, run_dir, config, history, metrics, info):
@@ -245,7 +258,8 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     for i in todo:
         ds = cfg["episodes"][i]["dataset"]
         if model is None:
-            model = build_model(cfg["hierarchy"], cfg["model"], seed=cfg["seed"], deterministic=cfg["deterministic"])
+            with _stock_prints(verbose):
+                model = build_model(cfg["hierarchy"], cfg["model"], seed=cfg["seed"], deterministic=cfg["deterministic"])
             if i > 0:
                 load_episode_into(model, ep_dirs[i - 1])
         ep_dirs[i].mkdir(parents=True, exist_ok=True)
@@ -273,27 +287,40 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     history = history[rest[:at] + per_set + rest[at:]]
     atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
 
-    final = HierStarDist2D(None, "model", str(run_dir))
+    # stock StarDist prints what it loads; the weights were just written, the thresholds follow
+    with _stock_prints(verbose):
+        final = HierStarDist2D(None, "model", str(run_dir))
+    thresholds = dict(prob=float(final.thresholds.prob), nms=float(final.thresholds.nms), tuned_on=None)
     if cfg["optimize_thresholds"]:
         ds = cfg["episodes"][-1]["dataset"]
         n_max = min(n for n in (cfg["max_images"]["val"], cfg["threshold_max_images"], 10**9) if n is not None)
         va = select_ids(data_root, ds, splits[ds]["val"], n_max, cfg["seed"])
         Xv, Yv, _ = P.load_split(data_root, ds, splits[ds]["val"], ids=va, label_set=h.label_set(ds))
-        final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
+        # StarDist prints its result; the runner says it in its own log line instead
+        with _stock_prints(verbose):
+            tuned = final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
+        thresholds = dict(prob=float(tuned["prob"]), nms=float(tuned["nms"]),
+                          tuned_on=f"{ds}/{splits[ds]['val']} ({len(va)} images)")
+        log(f"  [{cfg['name']}] thresholds tuned on {thresholds['tuned_on']}: prob {thresholds['prob']:.3f}, "
+            f"nms {thresholds['nms']:.2f}", verbose)
     metrics = _evaluate(final, cfg, data_root, run_dir, verbose)
     if cfg.get("paper_row"):
         metrics.insert(3, "paper_pq", cfg["paper_row"]["pq"])
     atomic_write_text(run_dir / "metrics.csv", metrics.to_csv(index=False))
+    episodes = []
+    for i, (ep, d) in enumerate(zip(cfg["episodes"], ep_dirs)):
+        done = json.loads((d / "done.json").read_text())
+        episodes.append(dict(dataset=ep["dataset"], epochs=ep["epochs"], cache=str(d), epochs_run=int(done["epochs"]),
+                             trained_epochs=trained.get(i, 0), reused=i not in trained,
+                             stopped_early=bool(done.get("stopped_early")), stop_reason=done.get("stop_reason")))
     info = dict(name=cfg["name"], status="complete", config_hash=run_key, seconds=round(time.perf_counter() - t0, 2),
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                episodes=[dict(dataset=ep["dataset"], epochs=ep["epochs"], cache=str(d), trained_epochs=trained.get(i, 0),
-                               reused=i not in trained) for i, (ep, d) in enumerate(zip(cfg["episodes"], ep_dirs))])
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"), steps_per_epoch=cfg["steps_per_epoch"],
+                thresholds=thresholds, episodes=episodes)
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=1))
     for _, r in metrics.iterrows():
-        log(f"  [{cfg['name']}] {r['dataset']}: bPQ {r.get('bPQ_pannuke_tissue', float('nan')):.4f}  "
-             f"mPQ {r.get('mPQ_pannuke_tissue', float('nan')):.4f}  PQ(CoNIC) {r.get('PQ_conic', float('nan')):.4f}  "
-             f"mPQ+ {r.get('mPQ+_conic', float('nan')):.4f}"
-             + (f"  | paper PQ {cfg['paper_row']['pq']:.4f}" if cfg.get("paper_row") else ""), verbose)
+        log(f"  [{cfg['name']}] {r['dataset']}: "
+            + "  ".join(f"{label} {r.get(key, float('nan')):.4f}" for label, key in HEADLINE_METRICS)
+            + (f"  | paper PQ {cfg['paper_row']['pq']:.4f}" if cfg.get("paper_row") else ""), verbose)
     log(f"[{cfg['name']}] done in {info['seconds']:.1f} s -> {run_dir}", verbose)
     return load_run(run_dir)
 
