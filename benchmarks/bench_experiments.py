@@ -29,6 +29,7 @@ def main(argv=None):
     from stardist_hier.augment import ClassAwareAugmenter
     from stardist_hier.patches import instance_classes, normalize_image
     from stardist_hier.experiments.config import SCALES
+    from stardist_hier.model.build import seed_everything
     from stardist_hier.synth import generate_tile, tile_seed
     from stardist_hier.model.targets import HierStarDistData2D
 
@@ -48,7 +49,7 @@ def main(argv=None):
         else:
             Yc, Cc, aug = ClassAwareAugmenter.for_dataset(Y, C, seed=0)
             data = HierStarDistData2D(X, Yc, classes=Cc, augmenter=aug, **kw)
-        np.random.seed(0)
+        seed_everything(0)  # the generator draws its patches from numpy's global state
         data[0]
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(args.batches):

@@ -6,6 +6,7 @@
 * :mod:`.runner`: :func:`run_experiment`, the run folder;
 * :mod:`.paper_tables`: the rows of Tables II and III;
 * :mod:`.report`: the tables and figures of run folders, notebook setup;
+* :mod:`.flatten`: labels flattened to the coarsest common level (the claim study's variant (e));
 * :mod:`.claim`: the benchmark of the paper's claim (variants side by side);
 * :mod:`.demo`: the project's main job in miniature.
 

@@ -21,7 +21,7 @@ of training steps on target data where a variant has a fine-tuning phase:
     (``features_class``, ``prob_class``) re-initialised before the fine-tuning.
 ``flatten`` (e), coarsest common level
     Every label of both datasets is replaced by its ancestor at depth 1 of the hierarchy
-    (epithelial, inflammatory, connective, other; :func:`flatten_hierarchy`), a model with
+    (epithelial, inflammatory, connective, other; :mod:`.flatten`), a model with
     those four leaves is pre-trained and fine-tuned as in (b). It is scored at the target's
     label set through :class:`FlattenedModel`: each target class receives the predicted
     probability of its depth-1 ancestor (a target class above depth 1, such as MoNuSeg's
@@ -49,9 +49,10 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..augment import class_counts_of
 from ..hierarchy import ClassHierarchy
+from ..metrics.folder import HEADLINE_METRICS
+from .flatten import coarse_node, flatten_classes, flatten_hierarchy
 
-__all__ = ["VARIANTS", "SOURCES", "METRICS", "BenchSettings", "FlatHierarchy", "coarse_node", "flatten_hierarchy",
-           "flatten_classes", "flatten_mask", "FlattenedModel", "load_split_data", "train_variants",
+__all__ = ["VARIANTS", "SOURCES", "METRICS", "BenchSettings", "FlattenedModel", "load_split_data", "train_variants",
            "run_claim_benchmark", "summarize_claim", "format_claim_table"]
 
 #: variant key -> (letter, description)
@@ -67,95 +68,12 @@ VARIANTS = {
 #: that target (rows 3, 6 and 9)
 SOURCES = {"pannuke": "monusac", "monusac": "pannuke", "consep": "pannuke"}
 
-#: reported metrics: (column, key of the evaluation summary)
-METRICS = [("bPQ", "bPQ_pannuke_tissue"), ("mPQ", "mPQ_pannuke_tissue"), ("mPQ+", "mPQ+_conic"),
-           ("PQ (CoNIC)", "PQ_conic")]
+#: reported metrics: (column, key of the evaluation summary), the package's headline list
+METRICS = HEADLINE_METRICS
 
 
 # ----------------------------------------------------------------------------------------
-# flattening to the coarsest common level
-
-
-@dataclass
-class FlatHierarchy:
-    """A hierarchy cut at one depth, and how each original label set maps onto it.
-
-    Attributes
-    ----------
-    hierarchy : ClassHierarchy
-        The root and, as leaves, the nodes at ``depth`` (depth 1: the super-classes). It has
-        one label set per original label set, same name, with the coarse nodes that label set
-        reaches, numbered 1..k in leaf order (a label above ``depth`` keeps its node).
-    lookup : dict
-        Label-set name -> ``numpy.ndarray`` indexed by original class id, holding the coarse
-        class id (0 stays 0).
-    depth : int
-    """
-
-    hierarchy: ClassHierarchy
-    lookup: dict
-    depth: int = 1
-
-
-def coarse_node(hierarchy, node, depth=1):
-    """The ancestor of ``node`` at ``depth`` (``node`` itself when it is not deeper)."""
-    chain = [node] + hierarchy.ancestors(node)  # node, parent, ..., root
-    d = len(chain) - 1
-    return node if d <= depth else chain[d - depth]
-
-
-def flatten_hierarchy(hierarchy="default", depth=1):
-    """Cut a hierarchy at ``depth`` and map every label set onto the cut.
-
-    Parameters
-    ----------
-    hierarchy : ClassHierarchy, str or dict
-    depth : int
-        1 maps every label to its super-class (the default hierarchy's epithelial,
-        inflammatory, connective, other).
-
-    Returns
-    -------
-    FlatHierarchy
-    """
-    h = ClassHierarchy.resolve(hierarchy)
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-
-    def cut(node, d):
-        kids = h.children[node]
-        return None if d == depth or not kids else {k: cut(k, d + 1) for k in kids}
-
-    tree = {h.root: cut(h.root, 0)}
-    order = {}
-    for n in h.nodes:  # pre-order: the coarse leaves come in the original's order
-        if h.depth(n) <= depth:
-            order[n] = len(order)
-    sets, lookup = {}, {}
-    for name, ls in h.label_sets.items():
-        coarse = {cid: coarse_node(h, node, depth) for cid, node in ls.nodes.items()}
-        nodes = sorted(set(coarse.values()), key=order.__getitem__)
-        ids = {n: i for i, n in enumerate(nodes, 1)}
-        sets[name] = {i: n for n, i in ids.items()}
-        table = np.zeros(ls.max_id + 1, np.int64)
-        for cid, n in coarse.items():
-            table[cid] = ids[n]
-        lookup[name] = table
-    flat = ClassHierarchy(tree, sets, source=f"{h.source} cut at depth {depth}")
-    return FlatHierarchy(flat, lookup, depth)
-
-
-def flatten_classes(classes, table):
-    """Map per-image ``{instance id: class id or None}`` dicts through a lookup table."""
-    return [{k: (None if v is None else int(table[v])) for k, v in c.items()} for c in classes]
-
-
-def flatten_mask(mask, table):
-    """A ``(H, W, 2)`` patch mask with its class channel mapped through ``table``."""
-    out = np.array(mask, copy=True)
-    cls = out[..., 1]
-    out[..., 1] = np.where(cls > 0, table[np.clip(cls, 0, len(table) - 1)], cls)
-    return out
+# scoring a flattened model at an original label set
 
 
 class FlattenedModel:
