@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stardist_hier.experiments.claim import (VARIANTS, BenchSettings, FlattenedModel, coarse_node, flatten_classes,
-                                     flatten_hierarchy, flatten_mask, load_split_data, train_variants)
+from stardist_hier.experiments.claim import VARIANTS, BenchSettings, FlattenedModel, load_split_data, train_variants
+from stardist_hier.experiments.flatten import coarse_node, flatten_classes, flatten_hierarchy, flatten_mask
 from stardist_hier.cli import main
 from stardist_hier.hierarchy import ClassHierarchy
 
@@ -37,7 +37,29 @@ def test_demo_quick_end_to_end_and_rerun_reuses(tmp_path, capsys):
     assert list(table["paper PQ"]) == [0.5789, 0.6018, 0.4333, 0.5631]
     for col in ("bPQ", "mPQ", "mPQ+", "PQ (CoNIC)"):
         assert table[col].between(0, 1).all()
+    # each row's budget is on the table: epochs per episode and steps (2 per epoch)
     assert list(table["epochs run"]) == ["1", "1 + 1", "1", "1 + 1"]
+    assert list(table["steps"]) == [2, 4, 2, 4]
+    # thresholds tuned on the validation split of the row's last training dataset
+    assert table["thresholds"].str.endswith(" tuned").all()
+    for name, last in zip(ROWS, ["monusac", "monusac", "consep", "pannuke"]):
+        info = json.loads((out / "runs" / name / "run.json").read_text())
+        assert info["thresholds"]["tuned_on"] == f"{last}/val (2 images)"
+        th = json.loads((out / "runs" / name / "model" / "thresholds.json").read_text())
+        assert f"{th['prob']:.2f} / {th['nms']:.2f} tuned" == table.loc[ROWS.index(name), "thresholds"]
+    assert "thresholds tuned on monusac/val (2 images)" not in text  # the runner is quiet at --verbose 0
+    assert "Using optimized values" not in text  # nor is StarDist
+    # the predicted nuclei are counted; a row without any says so
+    assert (table["predicted nuclei"] >= 0).all()
+    assert list(table["note"].fillna("") == "no nuclei detected") == list(table["predicted nuclei"] == 0)
+    for name, note in zip(ROWS, table["note"].fillna("")):
+        m = pd.read_csv(out / "runs" / name / "metrics.csv").iloc[0]
+        assert (note != "") == (m["n_pred_nuclei"] == 0 or m["F1_det"] == 0)
+    # "from the cache" only where an episode came from it (III-2 reuses III-1's CoNSeP)
+    lines = {n: next(line for line in text.splitlines() if line.startswith(f"[{n}]")) for n in ROWS}
+    assert lines[ROWS[0]].endswith("(1 epoch trained)")
+    assert lines[ROWS[3]].endswith("(1 epoch trained, 1 from the cache)")
+    assert "the rest from the cache" not in text
     # the printed table is the written one
     assert "pannuke 250 -> monusac 130" in text and "0.6018" in text
     md = (out / "demo_table.md").read_text()
@@ -62,7 +84,38 @@ def test_demo_quick_end_to_end_and_rerun_reuses(tmp_path, capsys):
 def test_demo_rejects_bad_sizes(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--quick", "--size", "64", "--patch-size", "96"]) == 2
     assert "patch_size" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--threshold-images", "-1"]) == 2
+    assert "threshold_images" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_table_says_budget_thresholds_and_no_detections():
+    """The table from run results made by hand: a row that predicted no nucleus is
+    explained, budgets and thresholds are shown, untuned thresholds say 'default'."""
+    from types import SimpleNamespace
+
+    from stardist_hier.experiments.demo import demo_table, format_demo_table
+    from stardist_hier.metrics.folder import HEADLINE_METRICS
+
+    def run(table, row, n_pred, epochs_run, tuned, f1=0.5):
+        metrics = pd.DataFrame([dict(dataset="monusac", n_pred_nuclei=n_pred, F1_det=0.0 if n_pred == 0 else f1,
+                                     **{key: (0.0 if n_pred == 0 else 0.25) for _, key in HEADLINE_METRICS})])
+        th = dict(prob=0.31, nms=0.3, tuned_on="monusac/val (8 images)") if tuned else dict(prob=0.5, nms=0.4,
+                                                                                           tuned_on=None)
+        info = dict(seconds=12.0, steps_per_epoch=25, thresholds=th,
+                    episodes=[dict(epochs=7, epochs_run=e, reused=False, trained_epochs=e) for e in epochs_run])
+        return SimpleNamespace(config=dict(paper_row=dict(table=table, row=row), steps_per_epoch=25), metrics=metrics,
+                               info=info)
+
+    t = demo_table({"a": run(2, 4, 0, [7], True), "b": run(2, 6, 40, [10, 6], False), "c": run(3, 1, 15, [4], True, 0)})
+    assert list(t["note"]) == ["no nuclei detected", "", "no predicted nucleus matches an annotated one"]
+    assert list(t["predicted nuclei"]) == [0, 40, 15]
+    t = t.iloc[:2]
+    assert list(t["epochs run"]) == ["7", "10 + 6"] and list(t["steps"]) == [175, 400]
+    assert list(t["thresholds"]) == ["0.31 / 0.30 tuned", "0.50 / 0.40 default"]
+    assert [c for c in t.columns if c in dict(HEADLINE_METRICS)] == [label for label, _ in HEADLINE_METRICS]
+    text = format_demo_table(t)
+    assert "no nuclei detected" in text and "budgets" in text and "NaN" not in text
 
 
 def test_flatten_maps_labels_to_depth1_ancestors():
