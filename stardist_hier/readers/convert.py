@@ -164,7 +164,7 @@ def _ignore_sigint():
 def _clean_temp_files(out, dataset):
     d = Path(out) / dataset
     if d.is_dir():
-        for tmp in d.glob("*/*/.*.tmp"):
+        for tmp in d.glob("*/*/.*.tmp*"):  # atomic.atomic_save keeps the suffix after ".tmp"
             tmp.unlink(missing_ok=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from .specs import DATASETS, DEFAULT_COUNTS, SPLITS, _check_spec, _default_hierarchy, _get_spec, tile_seed
 from .tiles import generate_tile
 
@@ -130,9 +131,7 @@ def generate_dataset(out_root, dataset, counts=None, size=256, seed=0, unannotat
         raise FileExistsError(f"{folder} exists and is not a synthetic set; use overwrite=True "
                               f"(--overwrite) to replace it, or another --out")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = meta.with_name(".synth.json.tmp")
-    tmp.write_text(json.dumps(params, indent=1))
-    tmp.replace(meta)
+    atomic_write_text(meta, json.dumps(params, indent=1))
 
     jobs = [(spec, str(root), split, i, seed, size, unannotated)
             for split in SPLITS for i in range(counts.get(split, 0))]
@@ -141,10 +140,15 @@ def generate_dataset(out_root, dataset, counts=None, size=256, seed=0, unannotat
         if workers > 1 and len(jobs) > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # workers ignore Ctrl-C: the parent gets the KeyboardInterrupt and cancels what is
+            # queued, so an interrupted run prints one line, not a traceback per worker
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+            try:
                 for row in pool.map(_make_patch, jobs, chunksize=4):
                     rows.append(row)
                     bar.update(1)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         else:
             for job in jobs:
                 rows.append(_make_patch(job))
@@ -169,6 +173,12 @@ def _make_patch(job):
         _write(root, spec.name, split, pid, tile.image, tile.mask)
     return _index_row(spec, split, pid, f"synthetic/{spec.name}/seed{seed}/{split}/{i}", tile.tissue, tile.mask,
                       len(tile.hidden_leaves), h.label_set(spec.label_set).ids)
+
+
+def _ignore_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def generate_all(out_root, datasets=None, counts=None, size=256, seed=0, unannotated="background",
