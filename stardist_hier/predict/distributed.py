@@ -27,8 +27,9 @@ from pathlib import Path
 
 __all__ = ["predict_on_dask", "predict_task", "default_workers"]
 
-#: per worker process: model folder -> (model, identity)
+#: per worker process: model folder -> model, and model folder -> identity
 _MODELS = {}
+_IDS = {}
 
 
 def default_workers():
@@ -36,23 +37,27 @@ def default_workers():
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
-def _model(folder):
-    from .run import _model_identity, load_model
+def _loader(folder):
+    def load():
+        from .run import load_model
 
-    folder = str(Path(folder).resolve())
-    if folder not in _MODELS:
-        model = load_model(folder)
-        _MODELS[folder] = (model, _model_identity(model))
-    return _MODELS[folder]
+        if folder not in _MODELS:
+            _MODELS[folder] = load_model(folder)
+        return _MODELS[folder]
+
+    return load
 
 
 def predict_task(model_dir, path, name, out, settings, overwrite=False):
     """The task of one input, run on a worker: its summary row (a failed row for bad input).
 
+    The worker loads the model once, and only when an input needs predicting (a complete
+    input is skipped without TensorFlow).
+
     Parameters
     ----------
     model_dir : str
-        Model folder (loaded once per worker process).
+        Model folder.
     path, name, out : str
         Input file, name of its outputs, output folder.
     settings : dict
@@ -60,12 +65,14 @@ def predict_task(model_dir, path, name, out, settings, overwrite=False):
     overwrite : bool
         Predict again even when complete.
     """
-    from .run import PredictSettings, _is_input_failure, failed_row, predict_file
+    from .run import PredictSettings, _is_input_failure, _model_identity, failed_row, predict_file
 
+    folder = str(Path(model_dir).resolve())
     try:
-        model, model_id = _model(model_dir)
-        return predict_file(model, path, out, PredictSettings(**settings), name=name, overwrite=overwrite,
-                            _model_id=model_id)
+        if folder not in _IDS:
+            _IDS[folder] = _model_identity(folder)
+        return predict_file(_loader(folder), path, out, PredictSettings(**settings), name=name, overwrite=overwrite,
+                            _model_id=_IDS[folder])
     except Exception as e:
         if not _is_input_failure(e):
             raise

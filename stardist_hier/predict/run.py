@@ -40,7 +40,7 @@ import numpy as np
 from ..atomic import atomic_save, atomic_write_json, check_output_dir
 from .slides import IMAGE_SUFFIXES, SLIDE_SUFFIXES, InputError
 
-__all__ = ["PredictSettings", "load_model", "resolve_label_set", "expand_inputs", "output_names",
+__all__ = ["PredictSettings", "check_model_folder", "load_model", "complete_row", "resolve_label_set", "expand_inputs", "output_names",
            "predict_file", "predict_inputs", "summary_table", "write_summary", "weights_file", "MARKER"]
 
 MARKER = "done.json"
@@ -107,6 +107,18 @@ def _settings(settings, kwargs):
 
 # -- the model --------------------------------------------------------------------------------
 
+def check_model_folder(folder):
+    """``folder`` as a Path if it looks like a model folder (config and weights), else :class:`InputError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "model folder not found" if not folder.exists() else "not a model folder (a file)")
+    if not (folder / "config.json").is_file():
+        raise InputError(folder, "not a model folder (no config.json)")
+    if weights_file(folder) is None:
+        raise InputError(folder, "the model folder has no weights (no *.h5 / *.hdf5 file, e.g. weights_best.h5)")
+    return folder
+
+
 def load_model(folder):
     """Load a :class:`~stardist_hier.model.HierStarDist2D` from its folder, with one-line errors.
 
@@ -115,13 +127,7 @@ def load_model(folder):
     InputError
         Not a folder, no ``config.json``, or no weights file in it.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(folder, "model folder not found" if not folder.exists() else "not a model folder (a file)")
-    if not (folder / "config.json").is_file():
-        raise InputError(folder, "not a model folder (no config.json)")
-    if weights_file(folder) is None:
-        raise InputError(folder, "the model folder has no weights (no *.h5 / *.hdf5 file, e.g. weights_best.h5)")
+    folder = check_model_folder(folder)
     from ..model import HierStarDist2D
 
     return HierStarDist2D(None, name=folder.name, basedir=str(folder.parent))
@@ -162,11 +168,18 @@ def resolve_label_set(model, name=None):
 
 
 def _model_identity(model):
-    """Model folder and a digest of its weights: a retrained model does not reuse old outputs."""
-    folder = getattr(model, "logdir", None)
-    if folder is None:
-        return {"model": getattr(model, "name", None)}
-    folder = Path(folder)
+    """Model folder and digests of its weights and thresholds (a model or its folder).
+
+    A retrained or re-tuned model does not reuse old outputs. Computed from the folder
+    without loading the model, so a re-run skips complete inputs without TensorFlow.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        folder = Path(model)
+    else:
+        folder = getattr(model, "logdir", None)
+        if folder is None:
+            return {"model": getattr(model, "name", None)}
+        folder = Path(folder)
     weights = weights_file(folder)
     digest = None
     if weights is not None:
@@ -175,7 +188,9 @@ def _model_identity(model):
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         digest = f"{weights.name}:{h.hexdigest()}"
-    return {"model": str(folder.resolve()), "weights": digest}
+    thresholds = folder / "thresholds.json"
+    return {"model": str(folder.resolve()), "weights": digest,
+            "thresholds": thresholds.read_text(encoding="utf-8") if thresholds.is_file() else None}
 
 
 # -- inputs and names -------------------------------------------------------------------------
@@ -260,6 +275,14 @@ def _read_marker(folder):
         return None
 
 
+def complete_row(key, folder):
+    """The summary row of complete outputs made with ``key`` in ``folder`` (status ``'skipped'``), else None."""
+    marker = _read_marker(Path(folder))
+    if marker is not None and marker.get("key") == key:
+        return {**marker["row"], "status": "skipped"}
+    return None
+
+
 def _row(path, name, kind, nuc, seconds, settings):
     ls = nuc.label_set
     row = {"input": str(path), "name": name, "kind": kind, "status": "ok", "nuclei": len(nuc),
@@ -311,8 +334,9 @@ def predict_file(model, path, out, settings=None, name=None, progress=False, ove
 
     Parameters
     ----------
-    model : HierStarDist2D or str or path-like
-        A model, or its folder.
+    model : HierStarDist2D or str or path-like or callable
+        A model, its folder (loaded only if the input is not complete), or a function
+        returning the model (called only then).
     path : str or path-like
         An image file (TIFF, PNG, JPEG) or a whole-slide image.
     out : str or path-like
@@ -337,16 +361,19 @@ def predict_file(model, path, out, settings=None, name=None, progress=False, ove
     from .slides import open_input
 
     settings = _settings(settings, kwargs)
-    if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
     path = Path(path)
     out = check_output_dir(out)
     name = name or _stem(path)
     folder = out / name
     key = _key(_model_id or _model_identity(model), path, name, settings)
-    marker = _read_marker(folder)
-    if not overwrite and marker is not None and marker.get("key") == key:
-        return {**marker["row"], "status": "skipped", "seconds": marker["row"].get("seconds")}
+    if not overwrite:
+        done = complete_row(key, folder)
+        if done is not None:
+            return done
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    elif callable(model):
+        model = model()  # a loader: the model is only loaded for an input that needs it
     t0 = time.perf_counter()
     opened = open_input(path)
     label_set = resolve_label_set(model, settings.label_set)
@@ -454,7 +481,7 @@ def predict_inputs(model, inputs, out, settings=None, scheduler=None, address=No
 
         if not isinstance(model, (str, os.PathLike)):
             model = model.logdir
-        load_model(model)  # one clear error here rather than one per task
+        check_model_folder(model)  # one clear error here rather than one per task
         rows = predict_on_dask(model, paths, names, out, settings, address=address, n_workers=n_workers,
                                progress=progress, verbose=verbose, overwrite=overwrite)
     elif scheduler is None:
