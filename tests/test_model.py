@@ -12,6 +12,7 @@ from stardist.models import Config2D, StarDist2D  # noqa: E402
 from stardist.models.model2d import StarDistData2D  # noqa: E402
 
 from stardist_hier import ClassHierarchy, HierarchyError, HierConfig2D, HierStarDist2D  # noqa: E402
+from stardist_hier.model.losses import hierarchical_class_loss  # noqa: E402
 from stardist_hier.model.targets import HierStarDistData2D  # noqa: E402
 
 from test_targets import make_images  # noqa: E402
@@ -21,9 +22,10 @@ TINY = dict(n_rays=8, n_channel_in=3, grid=(2, 2), unet_n_depth=2, unet_n_filter
 
 
 def test_flat_model_computes_stock_losses():
+    """Defaults with n_classes and no hierarchy: every logged loss and metric is stock's."""
     kw = dict(TINY, n_classes=3, train_class_weights=(1.0, 2.0, 0.5, 3.0))
     stock = StarDist2D(Config2D(**kw), basedir=None)
-    ours = HierStarDist2D(HierConfig2D(**kw, train_focal_tversky_weight=0), basedir=None)
+    ours = HierStarDist2D(HierConfig2D(**kw), basedir=None)  # no focal Tversky term by default
     ours.keras_model.set_weights(stock.keras_model.get_weights())
     stock.prepare_for_training()
     ours.prepare_for_training()
@@ -38,7 +40,9 @@ def test_flat_model_computes_stock_losses():
         xo, yo = our_data[i]
         rs = stock.keras_model.test_on_batch(xs, ys, return_dict=True)
         ro = ours.keras_model.test_on_batch(xo, yo, return_dict=True)
-        for key in ("loss", "prob_loss", "dist_loss", "prob_class_loss"):
+        # same keys (the metrics are rebuilt from public pieces under stock's names) and values
+        assert set(ro) == set(rs) and {"prob_class_loss", "dist_relevant_mae", "prob_kld"} <= set(rs)
+        for key in rs:
             assert ro[key] == pytest.approx(rs[key], rel=1e-5, abs=1e-7), key
 
 
@@ -51,6 +55,20 @@ def test_config_is_a_drop_in():
     assert not HierConfig2D(n_classes=2, train_focal_tversky_mode="bogus").is_valid()
     m = HierStarDist2D(Config2D(**dict(TINY, n_classes=2)), basedir=None)  # a stock config is converted
     assert isinstance(m.config, HierConfig2D) and m.hierarchy.n_classes == 2
+    # the drop-in rule: no hierarchy -> stock's class loss and class rule; a hierarchy -> the paper's
+    flat, hier = HierConfig2D(n_classes=3), HierConfig2D(hierarchy="default")
+    assert (flat.train_focal_tversky_weight, flat.predict_class_from) == (0.0, "center")
+    assert (m.config.train_focal_tversky_weight, m.config.predict_class_from) == (0.0, "center")
+    assert (hier.train_focal_tversky_weight, hier.predict_class_from) == (1.0, "instance")
+    both = HierConfig2D(n_classes=3, train_focal_tversky_weight=0.5, predict_class_from="instance")
+    assert (both.train_focal_tversky_weight, both.predict_class_from) == (0.5, "instance")
+    # new keys: default label set, pixel size
+    assert HierConfig2D(hierarchy="default", default_label_set="monusac", pixel_size_um=0.25).is_valid()
+    assert HierConfig2D(n_classes=3, default_label_set="default").is_valid()
+    for bad in (dict(default_label_set="monusak"), dict(pixel_size_um=0), dict(pixel_size_um="0.25"),
+                dict(check_normalized_input="yes")):
+        ok, invalid = HierConfig2D(hierarchy="default", **bad).is_valid(return_invalid=True)
+        assert not ok and set(invalid) == set(bad), bad
 
 
 def two_datasets():
@@ -68,23 +86,69 @@ def trained(tmp_path_factory):
     model = HierStarDist2D(HierConfig2D(hierarchy="default", **TINY), name="hier", basedir=str(basedir))
     hist_a = model.train(Xa[:4], Ya[:4], validation_data=(Xa[4:], Ya[4:], Ca[4:]), classes=Ca[:4], dataset="consep",
                          epochs=1, steps_per_epoch=2, seed=0, verbose=0)
-    head = model.keras_model.get_layer("prob_class").get_weights()[0].copy()
     hist_b = model.train(Xb[:4], Yb[:4], validation_data=(Xb[4:], Yb[4:], Cb[4:]), classes=Cb[:4],
                          dataset="pannuke", epochs=2, steps_per_epoch=2, seed=0, verbose=0)
-    return dict(model=model, basedir=basedir, hist=(hist_a, hist_b), head_before=head)
+    return dict(model=model, basedir=basedir, hist=(hist_a, hist_b))
 
 
-def test_episode_training_updates_last_layer_from_super_class_labels(trained):
-    model = trained["model"]
+def test_episode_training_logs_each_dataset(trained):
     hist_a, hist_b = trained["hist"]
     assert "val_loss_consep" in hist_a.history and "val_loss_pannuke" in hist_b.history
     assert len(hist_b.history["loss"]) == 2 and np.all(np.isfinite(hist_b.history["loss"]))
-    after = model.keras_model.get_layer("prob_class").get_weights()[0]
-    # pannuke labels only say "inflammatory" / "connective": the leaf weights still move
+    assert trained["model"].config.default_label_set == "pannuke"  # the last training dataset
+
+
+def test_super_class_labels_push_every_leaf_under_them(trained):
+    """The compiled class loss's gradient at the class logits, against a plain-numpy reference.
+
+    PanNuke labels say only "inflammatory" (id 2) or "connective" (id 3). At the logits the
+    push on each leaf under the labelled class is proportional to that leaf's probability
+    (the same at the summed probability): d loss / d z_k = w y_k (1 - 1 / Y_S) for k in S,
+    w y_k for the other leaves (cross-entropy, Eq. 2).
+    """
+    import keras
+    import tensorflow as tf
+
+    model = trained["model"]
     h = model.hierarchy
-    for node in ("inflammatory", "connective"):
-        for ch in h.leaf_channels(node):
-            assert not np.allclose(after[..., ch], trained["head_before"][..., ch])
+    (Xb, Yb, Cb) = two_datasets()[1]
+    data = HierStarDistData2D(Xb[:2], Yb[:2], hierarchy=h, label_sets="pannuke", classes=Cb[:2], batch_size=2,
+                              n_rays=8, length=1, patch_size=(64, 64), grid=(2, 2))
+    np.random.seed(3)
+    (x,), (_, _, target) = data[0]
+    head = model.keras_model.get_layer("prob_class")
+    features = model.keras_model.get_layer("features_class").output
+    feat = np.asarray(keras.Model(model.keras_model.inputs, features)([x]))
+    kernel, bias = (np.asarray(w) for w in head.get_weights())
+    logits = tf.Variable(np.einsum("bhwf,fk->bhwk", feat, kernel[0, 0]) + bias)
+    ce_only = hierarchical_class_loss(model.config.train_class_weights, h.n_classes + 1, focal_tversky_weight=0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(ce_only(tf.constant(target), tf.nn.softmax(logits)))
+    grad = tape.gradient(loss, logits).numpy()
+
+    z = logits.numpy().astype(np.float64)
+    y = np.exp(z - z.max(-1, keepdims=True))
+    y /= y.sum(-1, keepdims=True)
+    n_out = h.n_classes + 1
+    pannuke = h.label_set("pannuke")
+    ids = np.full(target.shape[:-1], -1)  # class id per pixel, read back from the admitted leaves
+    for cid in (0,) + pannuke.ids:
+        ids[(target[..., :n_out] == pannuke.membership[cid]).all(-1)] = cid
+    ref = np.zeros_like(y)
+    n_px = np.prod(ids.shape)
+    for idx in zip(*np.nonzero(ids >= 0)):
+        S = [0] if ids[idx] == 0 else list(h.leaf_channels(pannuke.nodes[ids[idx]]))
+        Y_S = y[idx][S].sum()
+        ref[idx] = y[idx] * (1 - np.isin(np.arange(n_out), S) / Y_S) / n_px  # weights are all 1
+    np.testing.assert_allclose(grad, ref, rtol=2e-3, atol=1e-9)
+    inflammatory = list(h.leaf_channels("inflammatory"))
+    px = ids == 2
+    assert px.sum() > 0
+    g = grad[px][:, inflammatory]
+    assert np.all(g < 0)  # every inflammatory leaf is pushed up ...
+    per_prob = g / y[px][:, inflammatory]
+    np.testing.assert_allclose(per_prob, np.broadcast_to(per_prob[:, :1], per_prob.shape), rtol=2e-3)
+    # ... by the same amount per unit of its probability, not by the same amount
 
 
 def test_batch_mixing_and_per_dataset_validation(tmp_path):
@@ -122,9 +186,9 @@ def test_model_folder_loads_in_stock_stardist(trained):
     reloaded = HierStarDist2D(None, name="hier", basedir=str(basedir))
     assert reloaded.hierarchy == model.hierarchy
     assert reloaded.config.train_focal_tversky_weight == model.config.train_focal_tversky_weight
-    # center mode is stock StarDist's rule, label for label
+    # center mode at the leaves is stock StarDist's rule, label for label
     ls, ds = stock.predict_instances(img, prob_thresh=0.3)
-    lo, do = reloaded.predict_instances(img, prob_thresh=0.3, class_from="center")
+    lo, do = reloaded.predict_instances(img, prob_thresh=0.3, class_from="center", label_set="leaves")
     np.testing.assert_array_equal(lo, ls)
     np.testing.assert_array_equal(do["class_id"], ds["class_id"])
     # fine-tuning continues from the saved folder
@@ -137,8 +201,9 @@ def test_model_folder_loads_in_stock_stardist(trained):
 
 def test_predict_instances_per_instance_rule_and_label_set(trained):
     model = trained["model"]
+    h = model.hierarchy
     img = make_images(1, size=96, seed=7)[0][0]
-    prob, dist, prob_class = model.predict(img)
+    prob, dist, prob_class = model.predict(img)  # the network's maps: the input of the class rule
     labels, det = model.predict_instances(img, label_set="pannuke", prob_thresh=0.3)
     n = len(det["prob"])
     assert n > 0 and labels.max() == n
@@ -153,20 +218,51 @@ def test_predict_instances_per_instance_rule_and_label_set(trained):
     have = ref.sum(1) > 0
     ref[have] /= ref[have].sum(1, keepdims=True)
     np.testing.assert_allclose(det["class_prob"][have], ref[have], rtol=1e-4, atol=1e-6)
-    pannuke = model.hierarchy.label_set("pannuke")
-    np.testing.assert_allclose(det["label_set_prob"], pannuke.collapse(det["class_prob"]), rtol=1e-6)
-    np.testing.assert_array_equal(det["class_id"], 1 + np.argmax(det["label_set_prob"][:, 1:], axis=1))
-    assert set(det["class_id"]) <= set(pannuke.ids)
-    np.testing.assert_array_equal(det["leaf_class_id"], 1 + np.argmax(det["class_prob"][:, 1:], axis=1))
-    # leaf level without a label set
-    _, leaf = model.predict_instances(img, prob_thresh=0.3)
-    np.testing.assert_array_equal(leaf["class_id"], det["leaf_class_id"])
+    ref[~have] = det["class_prob"][~have]  # instances on no grid cell keep their centre probabilities
+    # PanNuke's classes by name, their leaves read off the default hierarchy's YAML order
+    leaves = list(h.leaves)
+    under = {"malignant_epithelial": ["malignant_epithelial"],
+             "inflammatory": ["lymphocyte", "macrophage", "neutrophil", "plasma_cell", "eosinophil"],
+             "connective": ["fibroblast", "endothelial", "muscle"], "dead": ["dead"],
+             "healthy_epithelial": ["healthy_epithelial"]}
+    pannuke = h.label_set("pannuke")
+    assert {pannuke.nodes[i] for i in pannuke.ids} == set(under)
+    summed = np.zeros((n, max(pannuke.ids) + 1))
+    summed[:, 0] = ref[:, 0]
+    for cid in pannuke.ids:
+        summed[:, cid] = sum(ref[:, 1 + leaves.index(leaf)] for leaf in under[pannuke.nodes[cid]])
+    np.testing.assert_allclose(det["label_set_prob"], summed, rtol=1e-4, atol=1e-6)
+    want = np.array([max(pannuke.ids, key=lambda k: (row[k], -k)) for row in summed])  # ties: smallest id
+    np.testing.assert_array_equal(det["class_id"], want)
+    np.testing.assert_array_equal(det["leaf_class_id"], 1 + np.argmax(ref[:, 1:], axis=1))
+    # leaf level on request; the default is the training dataset's label set
+    _, leaf = model.predict_instances(img, prob_thresh=0.3, label_set="leaves")
+    np.testing.assert_array_equal(leaf["class_id"], 1 + np.argmax(ref[:, 1:], axis=1))
+    _, default = model.predict_instances(img, prob_thresh=0.3)
+    assert default["label_set"] == "pannuke"
+    np.testing.assert_array_equal(default["class_id"], want)
     with pytest.raises(HierarchyError, match="unknown label set 'pannuk'"):
         model.predict_instances(img, label_set="pannuk")
     # no instance at all: empty, well-shaped details
     labels, none = model.predict_instances(img, label_set="pannuke", prob_thresh=0.99999)
     assert labels.max() == 0 and none["class_prob"].shape == (0, 13) and none["class_id"].shape == (0,)
     assert none["label_set_prob"].shape == (0, 6)
+
+
+def test_center_rule_is_stock_and_the_only_one_that_gives_class_0(trained):
+    model = trained["model"]
+    img = make_images(1, size=96, seed=7)[0][0]
+    _, center = model.predict_instances(img, label_set="pannuke", prob_thresh=0.3, class_from="center")
+    _, inst = model.predict_instances(img, label_set="pannuke", prob_thresh=0.3, class_from="instance")
+    assert np.all(inst["class_id"] > 0)
+    # centre rule at a label set: arg-max over background and the summed classes, from the
+    # centre-pixel probabilities (computed here)
+    ls = model.hierarchy.label_set("pannuke")
+    p = center["class_prob"]
+    scores = {0: p[:, 0], **{cid: p[:, list(model.hierarchy.leaf_channels(ls.nodes[cid]))].sum(1) for cid in ls.ids}}
+    keys = sorted(scores)
+    want = np.array(keys)[np.argmax(np.stack([scores[k] for k in keys], 1), axis=1)]
+    np.testing.assert_array_equal(center["class_id"], want)
 
 
 def test_bad_training_input_gives_clear_errors(trained):

@@ -104,12 +104,12 @@ def _instance_modes(pix, rows, cls_flat):
 
 
 def label_set_class_ids(class_prob, label_set):
-    """Label-set class ids of instances from their leaf-level class probabilities.
+    """Label-set class ids of instances from their leaf probabilities: :meth:`LabelSet.classify`.
 
-    The leaf probabilities are summed into the label set's classes
-    (:meth:`stardist_hier.hierarchy.LabelSet.collapse`) and each instance takes the class of
-    largest summed probability, background excluded. This is not the class of the arg-max
-    leaf: two leaves of 0.3 under one class beat a single leaf of 0.4 under another.
+    A thin wrapper kept for existing callers: the class rule itself lives in
+    :meth:`stardist_hier.hierarchy.LabelSet.classify` (leaf probabilities summed per class of
+    the label set, arg-max, background excluded, ties to the smallest id). The evaluation of a
+    model does not call this: it scores ``details['class_id']`` as the model returns it.
 
     Parameters
     ----------
@@ -122,16 +122,12 @@ def label_set_class_ids(class_prob, label_set):
     Returns
     -------
     numpy.ndarray
-        ``(n_instances,)`` int64 class ids of the label set (ties: the smallest id).
+        ``(n_instances,)`` int64 class ids of the label set.
     """
     prob = np.asarray(class_prob, np.float64)
     if prob.ndim != 2:
         raise MetricsError(f"class_prob must be (n_instances, n_classes + 1), got shape {prob.shape}")
-    ids = np.asarray(label_set.ids, np.int64)
-    if prob.shape[0] == 0:
-        return np.zeros(0, np.int64)
-    collapsed = label_set.collapse(prob)[:, ids]
-    return ids[collapsed.argmax(axis=1)]
+    return label_set.classify(prob)
 
 
 def class_id_map(source, target):

@@ -4,9 +4,11 @@ Two sources of predictions:
 
 * a model: every image is normalised by :func:`stardist_hier.patches.normalize_image`
   (percentiles 1 and 99.8 per channel, as in StarDist's examples) and passed to
-  ``HierStarDist2D.predict_instances(img, label_set=NAME)``; each instance's class is
-  :func:`stardist_hier.metrics.label_set_class_ids` of its leaf probabilities
-  ``details['class_prob']`` (summed per label-set class, then arg-max);
+  ``HierStarDist2D.predict_instances(img, label_set=NAME)``; each instance is scored with the
+  class the model returns, ``details['class_id']`` (row ``i`` = instance ``i + 1``), which
+  :class:`~stardist_hier.model.HierStarDist2D` computes with the one class rule,
+  :meth:`stardist_hier.hierarchy.LabelSet.classify` (leaf probabilities summed per label-set
+  class, then arg-max); nothing is recomputed here;
 * saved prediction TIFFs, one per patch: ``<pred_dir>/<patch_id>.tif``, an integer
   ``(H, W, 2)`` array in the layout of the GT masks: channel 0 instance ids (0 background,
   ids >= 0), channel 1 class ids in the ids of the label set being scored (0 = unlabelled),
@@ -36,7 +38,7 @@ from .. import patches as P
 from ..atomic import atomic_save, atomic_write_json, atomic_write_text
 from ..hierarchy import ClassHierarchy, HierarchyError
 from ..patches import normalize_image
-from .classes import class_id_map, instance_classes, label_set_class_ids
+from .classes import class_id_map, instance_classes
 from .conventions import per_image_frame, summarize
 from .counts import evaluate_image
 
@@ -243,7 +245,9 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
         and ``model`` is given.
     model : object, optional
         Anything with ``predict_instances(img, label_set=NAME) -> (labels, details)`` and a
-        ``hierarchy`` attribute, e.g. :class:`stardist_hier.model.HierStarDist2D`.
+        ``hierarchy`` attribute, e.g. :class:`stardist_hier.model.HierStarDist2D`;
+        ``details['class_id']`` (ids of that label set, row ``i`` = instance ``i + 1``) is
+        scored as returned.
     label_set : str, optional
         Label set to score at; default the dataset's own.
     hierarchy : ClassHierarchy, str or None
@@ -352,10 +356,11 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
             pred_cls = None
             if eval_ls is not None:
                 n = int(pred_inst.max(initial=0))
-                if details.get("class_prob") is not None:
-                    per = label_set_class_ids(details["class_prob"], eval_ls)
-                else:
-                    per = np.asarray(details["class_id"], np.int64)
+                if details.get("class_id") is None:
+                    raise EvaluationError(f"{where}: the model returned no details['class_id'] at label set "
+                                          f"'{eval_ls.name}' (a model without classes? score it without a label set)")
+                per = np.asarray(details["class_id"], np.int64)  # the model's own class rule, as returned
+                eval_ls.check_class_ids(per, where=where)
                 pred_cls = np.zeros(max(n, len(per)) + 1, np.int64)
                 pred_cls[1:len(per) + 1] = per  # instance i + 1 is row i of details
             if save_predictions is not None:

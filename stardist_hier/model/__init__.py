@@ -5,6 +5,12 @@
 * :mod:`.targets`: :class:`HierStarDistData2D`, stock training data with hierarchical class targets;
 * :mod:`.callbacks`: per-dataset validation losses;
 * :mod:`.folder`: model folders that stock StarDist loads, optimizer state;
+* :mod:`.inputs`: the rule that decides whether an input image looks unnormalised;
+* :mod:`.class_rule`: how a predicted instance gets its class (``class_from``, label sets);
+* :mod:`.compiling`: the compile call with the hierarchical class loss;
+* :mod:`.training`: the training loop of ``HierStarDist2D.train``;
+* :mod:`.transfer`: weights from stock StarDist2D models (``from_stardist``);
+* :mod:`.build`: seeding and building a model from parameters;
 * :mod:`.model2d`: :class:`HierStarDist2D`.
 """
 

@@ -2,18 +2,27 @@
 
 It takes every parameter of :class:`stardist.models.Config2D` and adds the hierarchy and the
 class-loss and class-rule parameters listed in :data:`HIER_CONFIG_DEFAULTS`.
+
+Drop-in rule
+------------
+With ``n_classes=N`` and no hierarchy, the defaults are stock StarDist2D's: the class loss is
+the weighted cross-entropy alone (``train_focal_tversky_weight=0``) and an instance's class is
+read at its centre pixel (``predict_class_from='center'``), so swapping
+:class:`~stardist_hier.model.HierStarDist2D` in for :class:`stardist.models.StarDist2D`
+changes no loss and no class. With a hierarchy, the hierarchical defaults apply: the focal
+Tversky term of the paper's Eq. 4 with weight 1 and the per-instance class rule.
 """
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 
 from stardist.models import Config2D
 
 from ..hierarchy import ClassHierarchy, HierarchyError
 from .losses import FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA
 
-__all__ = ["HierConfig2D", "HIER_CONFIG_DEFAULTS"]
+__all__ = ["HierConfig2D", "HIER_CONFIG_DEFAULTS", "RESOLVED_DEFAULTS", "LEAVES"]
 
 #: Parameters that :class:`HierConfig2D` adds to :class:`stardist.models.Config2D`, with
 #: their defaults. They are saved to ``hier_config.json`` (and the hierarchy to
@@ -22,13 +31,28 @@ __all__ = ["HierConfig2D", "HIER_CONFIG_DEFAULTS"]
 HIER_CONFIG_DEFAULTS = dict(
     hierarchy=None,
     train_class_ce_weight=1.0,
-    train_focal_tversky_weight=1.0,
+    train_focal_tversky_weight=None,
     train_focal_tversky_alpha=FOCAL_TVERSKY_ALPHA,
     train_focal_tversky_gamma=FOCAL_TVERSKY_GAMMA,
     train_focal_tversky_mode="pixelwise",
     train_early_stopping_patience=None,
-    predict_class_from="instance",
+    predict_class_from=None,
+    default_label_set=None,
+    pixel_size_um=None,
+    check_normalized_input=True,
 )
+
+#: What the ``None`` defaults of :data:`HIER_CONFIG_DEFAULTS` become: (with a hierarchy,
+#: without one). Without a hierarchy they are stock StarDist's (see "Drop-in rule" above).
+RESOLVED_DEFAULTS = dict(
+    train_focal_tversky_weight=(1.0, 0.0),
+    predict_class_from=("instance", "center"),
+)
+
+#: The name of the leaf label set in ``predict_instances(label_set=...)`` (class id i = leaf
+#: channel i, :meth:`ClassHierarchy.leaf_label_set`), unless the hierarchy defines a label set
+#: of that name itself.
+LEAVES = "leaves"
 
 HIER_CONFIG_FILE = "hier_config.json"
 HIERARCHY_FILE = "hierarchy.yaml"
@@ -46,7 +70,8 @@ class HierConfig2D(Config2D):
         dict as in the YAML, or a :class:`ClassHierarchy`). Sets ``n_classes`` to its number
         of leaves; a different explicit ``n_classes`` is an error. ``None``: a flat
         hierarchy of ``n_classes`` leaves with one label set ``'default'`` (ids 1..n_classes),
-        i.e. stock multi-class StarDist.
+        i.e. stock multi-class StarDist, with stock StarDist's defaults (module docstring,
+        "Drop-in rule").
 
     Attributes
     ----------
@@ -54,10 +79,11 @@ class HierConfig2D(Config2D):
         The hierarchy as a plain dict (see :meth:`ClassHierarchy.to_dict`).
     train_class_ce_weight : float
         Weight of the modified cross-entropy (paper Eq. 2) in the class loss (default 1).
-    train_focal_tversky_weight : float
-        Weight of the modified focal Tversky loss (paper Eq. 4) in the class loss
-        (default 1; the paper uses "a positive combination" of the two). 0 switches it off,
-        and with a flat hierarchy the class loss is then exactly stock StarDist's.
+    train_focal_tversky_weight : float or None
+        Weight of the modified focal Tversky loss (paper Eq. 4) in the class loss; the paper
+        uses "a positive combination" of the two. ``None`` (default): 1 with a hierarchy, 0
+        without one (stock StarDist). 0 switches it off, and with a flat hierarchy the class
+        loss is then exactly stock StarDist's.
     train_focal_tversky_alpha : float
         Weight of false negatives in the Tversky index (default 0.7, Abraham & Khan 2019,
         also StarDist's CoNIC recipe).
@@ -69,11 +95,30 @@ class HierConfig2D(Config2D):
     train_early_stopping_patience : int or None
         Stop a :meth:`HierStarDist2D.train` call when ``val_loss`` has not improved for
         this many epochs (the paper monitors validation loss); ``None`` disables it.
-    predict_class_from : str
+    predict_class_from : str or None
         ``'instance'``: an instance's class probabilities are the object-probability-weighted
         mean of the class map over its pixels, background excluded from the arg-max
-        (StarDist's CoNIC 2022 rule). ``'center'``: stock StarDist (class map at the polygon
-        centre, arg-max over all channels, background included).
+        (StarDist's CoNIC 2022 rule), so a detected nucleus never gets class 0.
+        ``'center'``: stock StarDist's rule (class map at the polygon centre, arg-max over
+        all channels, background included: it can return class 0 for a detected nucleus,
+        and only this rule can). ``None`` (default): ``'instance'`` with a hierarchy,
+        ``'center'`` without one (stock StarDist). At a label set both rules sum the leaf
+        probabilities per class first (:meth:`stardist_hier.hierarchy.LabelSet.classify`).
+    default_label_set : str or None
+        Label set ``predict_instances`` answers in when called without ``label_set``:
+        each :meth:`HierStarDist2D.train` call whose images all belong to one label set sets
+        it to that label set (the model's most recent training data); set it by hand to
+        change it. ``None``: leaf ids (label set ``'leaves'``, class id i = leaf channel i).
+    pixel_size_um : float or None
+        Micrometres per pixel of the training images (e.g. 0.25 at 40x, 0.5 at 20x), for a
+        predictor that resamples other images to the model's scale. ``None``: unknown. The
+        model only stores it.
+    check_normalized_input : bool
+        ``True`` (default): the model is trained on normalised images
+        (:func:`stardist_hier.patches.normalize_image`), ``train`` refuses images that look
+        raw and ``predict_instances`` warns about them (the rule is
+        :func:`stardist_hier.model.inputs.looks_unnormalized`). ``False``: no check, for a
+        model trained on another intensity scale on purpose.
     train_tensorboard : bool
         As in StarDist, but off by default: TensorFlow >= 2.21 no longer installs
         TensorBoard, and StarDist's callback would fail at the first epoch without it.
@@ -94,6 +139,10 @@ class HierConfig2D(Config2D):
         kwargs.setdefault("train_tensorboard", False)
         super().__init__(axes=axes, n_rays=n_rays, n_channel_in=n_channel_in, grid=grid,
                          n_classes=n_classes, backbone=backbone, **kwargs)
+        with_hierarchy = self.hierarchy is not None
+        for key, (hier_value, stock_value) in RESOLVED_DEFAULTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, hier_value if with_hierarchy else stock_value)
 
     def is_valid(self, return_invalid=False):
         ok, invalid = super().is_valid(True)
@@ -107,10 +156,27 @@ class HierConfig2D(Config2D):
             "train_early_stopping_patience": self.train_early_stopping_patience is None
             or (isinstance(self.train_early_stopping_patience, Integral) and self.train_early_stopping_patience >= 1),
             "predict_class_from": self.predict_class_from in ("instance", "center"),
+            "default_label_set": self._default_label_set_ok(),
+            "pixel_size_um": self.pixel_size_um is None
+            or (isinstance(self.pixel_size_um, Real) and not isinstance(self.pixel_size_um, bool)
+                and 0 < self.pixel_size_um < float("inf")),
+            "check_normalized_input": isinstance(self.check_normalized_input, bool),
         }
         invalid = tuple(invalid) + tuple(k for k, good in checks.items() if not good)
         ok = len(invalid) == 0
         return (ok, invalid) if return_invalid else ok
+
+    def _default_label_set_ok(self):
+        name = self.default_label_set
+        if name is None:
+            return True
+        if not isinstance(name, str) or self.n_classes is None:
+            return False
+        if name == LEAVES:
+            return True
+        if self.hierarchy is None:
+            return name == "default"  # the flat hierarchy's one label set
+        return name in (self.hierarchy.get("label_sets") or {})
 
     @classmethod
     def from_config2d(cls, config, **kwargs):

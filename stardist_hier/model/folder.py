@@ -36,9 +36,16 @@ WEIGHTS_FILES = ("weights_best.h5", "weights_last.h5", "weights_now.h5")
 
 
 def weights_files(folder):
-    """The weight files present in a model folder (names), best first."""
+    """The weight files stock StarDist would load from a model folder (names), best first.
+
+    Stock StarDist loads any ``*.h5`` / ``*.hdf5`` file of the folder (preferring names with
+    ``best``); the names of :data:`WEIGHTS_FILES` come first here, in that order, then any
+    other such file, sorted.
+    """
     folder = Path(folder)
-    return [n for n in WEIGHTS_FILES if (folder / n).is_file()]
+    known = [n for n in WEIGHTS_FILES if (folder / n).is_file()]
+    other = sorted({p.name for ext in ("*.h5", "*.hdf5") for p in folder.glob(ext) if p.is_file()} - set(known))
+    return known + other
 
 
 def write_config_files(folder, config):

@@ -1,27 +1,35 @@
 """Hierarchy-aware StarDist: :class:`HierStarDist2D`.
 
 It subclasses :class:`stardist.models.StarDist2D` and keeps its constructor, so existing
-pipelines can swap the class in. The network is stock StarDist's multi-class network with
-``n_classes`` = the number of leaves of the hierarchy; what changes is the class target
-(:mod:`.targets`), the class loss (:mod:`.losses`), training on several datasets, and how
-predicted instances get their class.
+pipelines can swap the class in (with ``n_classes`` and no hierarchy, the defaults are
+stock's: see :mod:`stardist_hier.model.config`). The network is stock StarDist's multi-class
+network with ``n_classes`` = the number of leaves of the hierarchy; what changes is the class
+target (:mod:`.targets`), the class loss (:mod:`.losses`), training on several datasets, and
+how predicted instances get their class (:mod:`.class_rule`). Training lives in
+:mod:`.training`.
 """
 
 from __future__ import annotations
 
-import warnings
+import inspect
+from numbers import Number
+from pathlib import Path
 
 import numpy as np
 from stardist.models import Config2D, StarDist2D
 
 from ..hierarchy import ClassHierarchy
-from .callbacks import PerDatasetValidation
-from .config import HierConfig2D
-from .folder import read_config, write_config_files
+from .class_rule import CLASS_FROM, PER_INSTANCE_KEYS, add_class_details, instance_class_prob
+from .config import LEAVES, HierConfig2D
+from .folder import read_config, weights_files, write_config_files
+from .inputs import warn_if_unnormalized
 from .losses import hierarchical_class_loss
-from .targets import HierStarDistData2D, resolve_label_sets
+from .training import train_model
 
 __all__ = ["HierStarDist2D"]
+
+_STOCK_GENERATOR = inspect.signature(StarDist2D._predict_instances_generator)
+
 
 class HierStarDist2D(StarDist2D):
     """StarDist2D trained on datasets whose label sets are cuts of one class hierarchy.
@@ -29,8 +37,9 @@ class HierStarDist2D(StarDist2D):
     Parameters
     ----------
     config : HierConfig2D, Config2D or None
-        Configuration; a stock :class:`Config2D` is converted (flat hierarchy). ``None``
-        loads the model folder ``basedir/name`` (saved by this class or by stock StarDist).
+        Configuration; a stock :class:`Config2D` is converted (flat hierarchy, stock
+        defaults). ``None`` loads the model folder ``basedir/name`` (saved by this class or by
+        stock StarDist); a folder without weights is an error naming it.
     name : str or None
         Model name (folder name under ``basedir``).
     basedir : str or None
@@ -40,6 +49,10 @@ class HierStarDist2D(StarDist2D):
     ----------
     hierarchy : ClassHierarchy or None
         The class hierarchy (``None`` for a model without classes).
+
+    See Also
+    --------
+    from_folder, from_stardist, from_pretrained
     """
 
     def __init__(self, config=HierConfig2D(), name=None, basedir="."):
@@ -63,6 +76,20 @@ class HierStarDist2D(StarDist2D):
 
     # -- model folder ---------------------------------------------------------------------
 
+    @classmethod
+    def from_folder(cls, folder):
+        """Load a model folder (written by this class or by stock StarDist).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such folder, no ``config.json`` or no weights in it; the message names it.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        return cls(None, name=folder.name, basedir=str(folder.parent))
+
     def _set_logdir(self):
         if self.basedir is None:
             return
@@ -71,8 +98,21 @@ class HierStarDist2D(StarDist2D):
             self.config = read_config(self.logdir)
             return
         if self.logdir.exists():
+            import warnings
+
             warnings.warn(f"output path for model already exists, files may be overwritten: {self.logdir.resolve()}")
         write_config_files(self.logdir, self.config)
+
+    def save_config(self):
+        """Rewrite the config files of the model folder (after changing ``config``); no-op in memory."""
+        if self.basedir is not None:
+            write_config_files(self.logdir, self.config)
+
+    def _find_and_load_weights(self, prefer="best"):
+        if not weights_files(self.logdir):
+            raise FileNotFoundError(f"model folder {self.logdir} has no network weights (*.h5, *.hdf5): train the "
+                                    f"model there or copy its weights_best.h5 into it")
+        super()._find_and_load_weights(prefer)
 
     def load_weights(self, name="weights_best.h5"):
         """Load weights from the model folder, with a clear error if they do not fit."""
@@ -82,6 +122,79 @@ class HierStarDist2D(StarDist2D):
             raise ValueError(f"the weights {self.logdir / name} do not fit this model "
                              f"(n_classes={self.config.n_classes}, n_rays={self.config.n_rays}, "
                              f"grid={self.config.grid}): {e}") from e
+
+    # -- from stock StarDist --------------------------------------------------------------
+
+    @classmethod
+    def from_stardist(cls, model_or_folder, hierarchy=None, name=None, basedir=None, **config_kwargs):
+        """A model with the backbone, object and distance heads of a stock StarDist2D model.
+
+        Parameters
+        ----------
+        model_or_folder : stardist.models.StarDist2D, str or path-like
+            A stock model or its folder (e.g. a downloaded ``2D_versatile_he``).
+        hierarchy : str, dict, ClassHierarchy or None
+            The class hierarchy of the new model: its class head is freshly initialised (seed
+            it with :func:`stardist_hier.model.build.seed_everything` first). ``None`` converts
+            the model as it is, class head included (``n_classes`` as stock's).
+        name, basedir : str, optional
+            Model folder of the new model (``basedir=None``: in memory).
+        **config_kwargs
+            Other :class:`HierConfig2D` parameters to change (e.g. ``train_patch_size``,
+            ``pixel_size_um``); the network's own parameters must stay as stock's.
+
+        Returns
+        -------
+        HierStarDist2D
+            Its thresholds are the stock model's.
+
+        Raises
+        ------
+        FileNotFoundError
+            A folder that is not a model folder or has no weights.
+        ValueError
+            The network parameters do not fit the stock weights.
+        """
+        from .transfer import copy_weights, stock_config_params, stock_model
+
+        stock = stock_model(model_or_folder)
+        where = f"stock model {getattr(stock, 'logdir', None) or stock.name}"
+        params = stock_config_params(stock.config)
+        params.update(config_kwargs)
+        keep_head = hierarchy is None
+        if keep_head:
+            params["n_classes"] = stock.config.n_classes
+            params["train_class_weights"] = stock.config.train_class_weights
+        config = HierConfig2D(hierarchy=hierarchy, **params)
+        model = cls(config, name=name, basedir=basedir)
+        copy_weights(stock.keras_model, model.keras_model, class_head=keep_head and stock.config.n_classes is not None,
+                     where=where)
+        model.thresholds = dict(prob=float(stock.thresholds.prob), nms=float(stock.thresholds.nms))
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name_or_alias=None, hierarchy=None):
+        """A registered pretrained StarDist2D model (e.g. ``'2D_versatile_he'``) as a HierStarDist2D.
+
+        Downloads it as stock StarDist does, then :meth:`from_stardist` (``hierarchy=None``:
+        converted as it is; a hierarchy: a fresh class head on its backbone).
+
+        Raises
+        ------
+        ValueError
+            No or an unknown name; the message lists the registered ones.
+        """
+        from csbdeep.models.pretrained import get_model_details, get_model_folder, get_registered_models
+
+        keys, aliases = get_registered_models(StarDist2D)
+        known = ", ".join(f"{k} ({', '.join(aliases[k])})" if aliases.get(k) else k for k in keys) or "none"
+        if name_or_alias is None:
+            raise ValueError(f"name a pretrained StarDist2D model; registered: {known}")
+        try:
+            get_model_details(StarDist2D, name_or_alias)
+        except ValueError:
+            raise ValueError(f"unknown pretrained StarDist2D model {name_or_alias!r}; registered: {known}") from None
+        return cls.from_stardist(get_model_folder(StarDist2D, name_or_alias), hierarchy=hierarchy)
 
     # -- training -------------------------------------------------------------------------
 
@@ -94,7 +207,9 @@ class HierStarDist2D(StarDist2D):
                                        mode=c.train_focal_tversky_mode)
 
     def prepare_for_training(self, optimizer=None):
-        """Compile as stock StarDist, then swap the class loss for the hierarchical one."""
+        """Compile as stock StarDist, then again with the hierarchical class loss (:mod:`.compiling`)."""
+        from .compiling import recompile_with_class_loss
+
         if self.config.train_tensorboard:
             try:
                 import tensorboard  # noqa: F401
@@ -103,51 +218,38 @@ class HierStarDist2D(StarDist2D):
                                    "(pip install tensorboard), or set train_tensorboard=False") from None
         super().prepare_for_training(optimizer)
         if self._is_multiclass():
-            compiled = self.keras_model._compile_config.config
-            loss = list(compiled["loss"])
-            loss[2] = self.class_loss()
-            self.keras_model.compile(compiled["optimizer"], loss=loss, loss_weights=compiled["loss_weights"],
-                                     metrics=compiled["metrics"])
-
-    @staticmethod
-    def _check_data(X, Y, what):
-        if len(X) != len(Y):
-            raise ValueError(f"{what}: {len(X)} images but {len(Y)} masks")
-        if len(X) == 0:
-            raise ValueError(f"{what}: no images")
-        for k, (x, y) in enumerate(zip(X, Y)):
-            x, y = np.asarray(x), np.asarray(y)
-            if x.shape[: y.ndim] != y.shape:
-                raise ValueError(f"{what}: image {k} has shape {x.shape} but its mask has shape {y.shape}")
-            if not np.issubdtype(y.dtype, np.integer):
-                raise ValueError(f"{what}: mask {k} has dtype {y.dtype}; masks must hold integer instance ids")
-            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                raise ValueError(f"{what}: image {k} contains NaN or infinite values")
-
-    def _parse_hier_classes(self, classes, n):
-        return self._parse_classes_arg("auto" if classes is None else classes, n)
+            recompile_with_class_loss(self, self.class_loss())
 
     def train(self, X, Y, validation_data, classes="auto", augmenter=None, seed=None, epochs=None,
               steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1,
               early_stopping_monitor="val_loss"):
         """Train on one dataset, or on several mixed within each batch.
 
-        Same as :meth:`stardist.models.StarDist2D.train`, plus:
+        Same as :meth:`stardist.models.StarDist2D.train`, plus the parameters below, which a
+        model without classes (``n_classes=None``) supports too, except ``dataset``.
 
         Parameters
         ----------
-        classes : sequence or 'auto'
+        X : sequence of numpy.ndarray
+            Normalised images (:func:`stardist_hier.patches.normalize_image`, or
+            ``patches.load_split(normalize=True)``); images that look raw (integer dtype or
+            0..255 values, :func:`stardist_hier.model.inputs.looks_unnormalized`) are refused
+            unless the config has ``check_normalized_input=False``.
+        classes : sequence, int or 'auto'
             Per image a dict ``{instance id: class id or None}`` in the dataset's own class
             ids (its label set), a single id for all instances, or ``None`` (unknown: no
-            class loss for those objects, as in StarDist).
+            class loss for those objects, as in StarDist); or one class id for every nucleus
+            of every image; or ``'auto'``: every nucleus gets the one class of its label set
+            (only for label sets with one class, e.g. ``monuseg``).
         validation_data : tuple
-            ``(X_val, Y_val)``, ``(X_val, Y_val, classes_val)`` or
+            ``(X_val, Y_val)`` (classes ``'auto'``), ``(X_val, Y_val, classes_val)`` or
             ``(X_val, Y_val, classes_val, dataset_val)``; without ``dataset_val`` the
             training ``dataset`` is used (it must then be a single name).
         dataset : str or sequence of str
             Label set of the training images: one name (e.g. ``'monusac'``) or one per image,
             which mixes datasets inside batches (each sample keeps its own label set).
-            May be omitted when the hierarchy has a single label set.
+            May be omitted when the hierarchy has a single label set. A single label set
+            becomes the model's ``default_label_set`` (saved to the model folder).
         callbacks : list, optional
             Extra Keras callbacks.
         initial_epoch : int
@@ -161,8 +263,8 @@ class HierStarDist2D(StarDist2D):
         Returns
         -------
         keras.callbacks.History
-            Besides Keras' ``loss`` and ``val_loss``, the history holds ``val_loss_<name>``
-            for the validation images of each label set.
+            Besides Keras' ``loss`` and ``val_loss``, the history of a model with classes
+            holds ``val_loss_<name>`` for the validation images of each label set.
 
         Notes
         -----
@@ -170,88 +272,10 @@ class HierStarDist2D(StarDist2D):
         two calls of this method; optimizer state carries over, and the best-weights
         checkpoint restarts with each call.
         """
-        if not self._is_multiclass():
-            return super().train(X, Y, validation_data, classes=classes, augmenter=augmenter, seed=seed,
-                                 epochs=epochs, steps_per_epoch=steps_per_epoch, workers=workers)
-        from csbdeep.utils.tf import IS_KERAS_3_PLUS
-        from keras.callbacks import EarlyStopping, ModelCheckpoint
-
-        if seed is not None:
-            np.random.seed(seed)
-        epochs = self.config.train_epochs if epochs is None else epochs
-        steps_per_epoch = self.config.train_steps_per_epoch if steps_per_epoch is None else steps_per_epoch
-
-        self._check_data(X, Y, "training data")
-        classes = self._parse_hier_classes(classes, len(X))
-        label_sets = resolve_label_sets(self.hierarchy, dataset, len(X))
-
-        if not isinstance(validation_data, (list, tuple)) or not 2 <= len(validation_data) <= 4:
-            raise ValueError("validation_data must be (X, Y), (X, Y, classes) or (X, Y, classes, dataset)")
-        X_val, Y_val = validation_data[0], validation_data[1]
-        self._check_data(X_val, Y_val, "validation data")
-        classes_val = self._parse_hier_classes(validation_data[2] if len(validation_data) > 2 else "auto", len(X_val))
-        if len(validation_data) > 3:
-            dataset_val = validation_data[3]
-        elif dataset is None or isinstance(dataset, str):
-            dataset_val = dataset
-        else:
-            raise ValueError("validation_data needs a 4th entry (dataset per validation image) when "
-                             "'dataset' names several datasets")
-        label_sets_val = resolve_label_sets(self.hierarchy, dataset_val, len(X_val), what="validation dataset")
-
-        patch_size = self.config.train_patch_size
-        axes = self.config.axes.replace("C", "")
-        b = self.config.train_completion_crop if self.config.train_shape_completion else 0
-        for p, d, a in zip(patch_size, self._axes_div_by(axes), axes):
-            if (p - 2 * b) % d != 0:
-                raise ValueError(f"'train_patch_size' (minus 2*'train_completion_crop') must be divisible by {d} along axis '{a}'")
-
-        if not self._model_prepared:
-            self.prepare_for_training()
-
-        data_kwargs = dict(n_rays=self.config.n_rays, patch_size=self.config.train_patch_size, grid=self.config.grid,
-                           shape_completion=self.config.train_shape_completion, b=self.config.train_completion_crop,
-                           use_gpu=self.config.use_gpu, foreground_prob=self.config.train_foreground_only,
-                           sample_ind_cache=self.config.train_sample_cache, hierarchy=self.hierarchy)
-        if IS_KERAS_3_PLUS:
-            data_kwargs["keras_kwargs"] = dict(workers=workers, use_multiprocessing=workers > 1)
-
-        # validation patches are drawn once per label set, so the per-dataset losses and the
-        # overall val_loss are computed on the same patches
-        val_by_set = {}
-        for name in dict.fromkeys(ls.name for ls in label_sets_val):
-            idx = [k for k, ls in enumerate(label_sets_val) if ls.name == name]
-            n_take = len(idx) if self.config.train_n_val_patches is None else self.config.train_n_val_patches
-            gen = HierStarDistData2D([X_val[k] for k in idx], [Y_val[k] for k in idx],
-                                     classes=[classes_val[k] for k in idx], label_sets=name,
-                                     batch_size=n_take, length=1, **data_kwargs)
-            val_by_set[name] = gen[0]
-        data_val = tuple(tuple(np.concatenate([v[part][j] for v in val_by_set.values()])
-                               for j in range(len(next(iter(val_by_set.values()))[part]))) for part in (0, 1))
-
-        self.data_train = HierStarDistData2D(X, Y, classes=classes, label_sets=label_sets,
-                                             batch_size=self.config.train_batch_size, augmenter=augmenter,
-                                             length=epochs * steps_per_epoch, **data_kwargs)
-
-        # a fresh best-weights checkpoint per call: val_loss of a new dataset is not
-        # comparable with the previous episode's best
-        self.callbacks = [cb for cb in self.callbacks if not isinstance(cb, ModelCheckpoint)]
-        self.callbacks += self._checkpoint_callbacks()
-        fit_callbacks = [PerDatasetValidation(val_by_set, self.config.train_batch_size)] + list(self.callbacks)
-        if self.config.train_early_stopping_patience is not None:
-            known = {"val_loss"} | {f"val_loss_{name}" for name in val_by_set}
-            if early_stopping_monitor not in known:
-                raise ValueError(f"early_stopping_monitor={early_stopping_monitor!r}: use one of {sorted(known)}")
-            fit_callbacks.append(EarlyStopping(monitor=early_stopping_monitor, mode="min",
-                                               patience=self.config.train_early_stopping_patience, verbose=verbose))
-        fit_callbacks += list(callbacks or [])
-
-        history = self.keras_model.fit(iter(self.data_train), validation_data=data_val, epochs=epochs,
-                                       initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                                       callbacks=fit_callbacks, verbose=verbose,
-                                       validation_batch_size=self.config.train_batch_size)
-        self._training_finished()
-        return history
+        return train_model(self, X, Y, validation_data, classes=classes, augmenter=augmenter, seed=seed,
+                           epochs=epochs, steps_per_epoch=steps_per_epoch, workers=workers, dataset=dataset,
+                           callbacks=callbacks, initial_epoch=initial_epoch, verbose=verbose,
+                           early_stopping_monitor=early_stopping_monitor)
 
     def reinitialize_class_head(self, seed=None):
         """Re-draw the weights of the class head (``features_class`` and ``prob_class``).
@@ -271,47 +295,106 @@ class HierStarDist2D(StarDist2D):
             if layer.bias is not None:
                 layer.bias.assign(np.zeros(layer.bias.shape, dtype=layer.bias.dtype))
 
+    def optimize_thresholds(self, X_val, Y_val, *args, **kwargs):
+        """As :meth:`stardist.models.StarDist2D.optimize_thresholds` (object thresholds only; warns on raw images)."""
+        if self.config.check_normalized_input:
+            for x in X_val:
+                if warn_if_unnormalized(x, "optimize_thresholds"):
+                    break
+        return super().optimize_thresholds(X_val, Y_val, *args, **kwargs)
+
     # -- prediction -----------------------------------------------------------------------
 
-    def _predict_instances_generator(self, img, *args, label_set=None, class_from=None, **kwargs):
-        if self._is_multiclass():
-            if label_set is not None:
-                label_set = self.hierarchy.label_set(label_set)
-            class_from = class_from if class_from is not None else self.config.predict_class_from
-            if class_from not in ("instance", "center"):
-                raise ValueError(f"class_from must be 'instance' or 'center', got {class_from!r}")
-            if class_from == "instance":
-                # the per-instance rule needs the dense class map
-                kwargs["sparse"] = False
-            nms_kwargs = dict(kwargs.pop("nms_kwargs", None) or {})
-            nms_kwargs.update(_hier_label_set=label_set, _hier_class_from=class_from)
-            kwargs["nms_kwargs"] = nms_kwargs
-        elif label_set is not None:
+    def resolve_label_set(self, label_set=None):
+        """The :class:`LabelSet` predictions answer in.
+
+        ``None``: the config's ``default_label_set``, else the leaves; ``'leaves'``: the
+        leaf label set (class id i = leaf channel i) unless the hierarchy defines a label set
+        of that name; another name: that label set of the hierarchy.
+        """
+        if self.hierarchy is None:
             raise ValueError("label_set given, but this model has no classes (n_classes=None)")
-        yield from super()._predict_instances_generator(img, *args, **kwargs)
+        name = self.config.default_label_set if label_set is None else label_set
+        if name is None or (name == LEAVES and LEAVES not in self.hierarchy.label_sets):
+            return self.hierarchy.leaf_label_set()
+        return self.hierarchy.label_set(name)
+
+    def _scale_yx(self, img, axes, scale):
+        if scale is None:
+            return (1.0, 1.0)
+        axes = self._normalize_axes(img, axes)
+        if isinstance(scale, Number):
+            scale = tuple(scale if a in "XYZ" else 1 for a in axes)
+        s = dict(zip(axes, scale))
+        return (float(s["Y"]), float(s["X"]))
+
+    def _predict_instances_generator(self, img, *args, label_set=None, class_from=None, **kwargs):
+        bound = _STOCK_GENERATOR.bind(self, img, *args, **kwargs)
+        kw = {k: v for k, v in bound.arguments.items() if k not in ("self", "img")}
+        if self.config.check_normalized_input and kw.get("normalizer") is None:
+            warn_if_unnormalized(img, "predict_instances", stacklevel=4)
+        if not self._is_multiclass():
+            if label_set is not None:
+                raise ValueError("label_set given, but this model has no classes (n_classes=None)")
+            if class_from is not None:
+                raise ValueError("class_from given, but this model has no classes (n_classes=None)")
+            yield from super()._predict_instances_generator(img, **kw)
+            return
+        ls = self.resolve_label_set(label_set)
+        class_from = self.config.predict_class_from if class_from is None else class_from
+        if class_from not in CLASS_FROM:
+            raise ValueError(f"class_from must be 'instance' or 'center', got {class_from!r}")
+        want_predict = bool(kw.get("return_predict", False))
+        want_labels = bool(kw.get("return_labels", True))
+        if class_from == "instance":
+            # the per-instance rule needs the dense maps and the label image
+            kw.update(sparse=False, return_predict=True, return_labels=True)
+        result = None
+        for result in super()._predict_instances_generator(img, **kw):
+            if isinstance(result, str):
+                yield result  # 'predict', 'tile', 'nms': progress for stock's callers (napari)
+        if kw.get("return_predict", False):
+            (labels, details), predicted = result
+        else:
+            (labels, details), predicted = result, None
+        if class_from == "instance":
+            prob, _, prob_class = predicted
+            details["class_prob"] = instance_class_prob(labels, prob, prob_class, details["class_prob"],
+                                                        self.config.grid,
+                                                        self._scale_yx(img, kw.get("axes"), kw.get("scale")))
+        add_class_details(details, ls, self.hierarchy.leaf_label_set(), class_from)
+        if not want_labels:
+            labels = None
+        yield ((labels, details), predicted) if want_predict else (labels, details)
 
     def predict_instances(self, img, *args, label_set=None, class_from=None, **kwargs):
         """Predict instances as :meth:`stardist.models.StarDist2D.predict_instances`, plus:
 
         Parameters
         ----------
+        img : numpy.ndarray
+            A normalised image (:func:`stardist_hier.patches.normalize_image`), or pass
+            ``normalizer=``; a raw-looking image gives an
+            :class:`~stardist_hier.model.inputs.UnnormalizedInputWarning`.
         label_set : str or None
             Name of a label set of the hierarchy (e.g. ``'monusac'``): ``details['class_id']``
-            is then in that dataset's class ids, from the summed leaf probabilities of each
-            label-set class, and ``details['label_set_prob']`` holds the summed
-            probabilities (``(n, max_id + 1)``, column = class id). ``None``: leaf level.
+            is in that dataset's class ids (:meth:`stardist_hier.hierarchy.LabelSet.classify`
+            of the leaf probabilities) and ``details['label_set_prob']`` holds the summed
+            probabilities (``(n, max_id + 1)``, column = class id). ``None``: the model's
+            ``default_label_set`` (its training dataset), else leaf ids; ``'leaves'``: leaf ids.
         class_from : {'instance', 'center'} or None
             How an instance gets its class (see ``HierConfig2D.predict_class_from``);
             ``None`` uses the config. ``'instance'`` predicts densely (``sparse=False``) and
-            never returns class 0 for a detected instance; ``'center'`` keeps stock
-            StarDist's arg-max over all channels, background included (at a label set too).
+            never returns class 0 for a detected instance; ``'center'`` is stock StarDist's
+            rule, background included (at a label set too), and can return 0.
 
         Returns
         -------
         (numpy.ndarray, dict)
             Labels and details; ``details['class_prob']`` is at leaf level
-            (``n_classes + 1`` columns, column 0 background) and ``details['leaf_class_id']``
-            the leaf channel of each instance.
+            (``n_classes + 1`` columns, column 0 background), ``details['leaf_class_id']``
+            the leaf id of each instance and ``details['label_set']`` the name of the label
+            set of ``class_id``.
         """
         result = None
         for result in self._predict_instances_generator(img, *args, label_set=label_set, class_from=class_from,
@@ -319,56 +402,24 @@ class HierStarDist2D(StarDist2D):
             pass
         return result
 
-    def _instances_from_prediction(self, img_shape, prob, dist, points=None, prob_class=None, prob_thresh=None,
-                                   nms_thresh=None, overlap_label=None, return_labels=True, scale=None, **nms_kwargs):
-        label_set = nms_kwargs.pop("_hier_label_set", None)
-        class_from = nms_kwargs.pop("_hier_class_from", None) or self.config.predict_class_from
-        per_instance = prob_class is not None and class_from == "instance" and points is None
-        labels, details = super()._instances_from_prediction(
-            img_shape, prob, dist, points=points, prob_class=prob_class, prob_thresh=prob_thresh,
-            nms_thresh=nms_thresh, overlap_label=overlap_label, return_labels=return_labels or per_instance,
-            scale=scale, **nms_kwargs)
-        if prob_class is None:
-            return labels, details
-        if per_instance:
-            details["class_prob"] = self._instance_class_prob(labels, prob, prob_class, details["class_prob"], scale)
-            details["class_id"] = 1 + np.argmax(details["class_prob"][:, 1:], axis=-1)
-        details["leaf_class_id"] = np.asarray(details["class_id"], int)
-        if label_set is not None:
-            collapsed = label_set.collapse(details["class_prob"])
-            details["label_set_prob"] = collapsed
-            details["label_set"] = label_set.name
-            if per_instance:
-                details["class_id"] = 1 + np.argmax(collapsed[:, 1:], axis=-1)
-            else:
-                details["class_id"] = np.argmax(collapsed, axis=-1)
-        if not return_labels:
-            labels = None
-        return labels, details
+    def predict_instances_big(self, img, axes, block_size, min_overlap, context=None, labels_out=None,
+                              labels_out_dtype=np.int32, show_progress=True, label_set=None, class_from=None,
+                              **kwargs):
+        """:meth:`stardist.models.StarDist2D.predict_instances_big` with every per-instance array complete.
 
-    def _instance_class_prob(self, labels, prob, prob_class, center_prob, scale):
-        """Object-probability-weighted mean class probabilities over each instance's pixels.
-
-        The label image is read at the centre of each output grid cell; instances that
-        cover no grid cell (tiny or hidden) keep the class probabilities at their centre.
+        Blocks are predicted with :meth:`predict_instances` (``label_set`` and ``class_from``
+        as there). Stock StarDist concatenates only its own per-instance arrays over the blocks;
+        here ``class_id``, ``leaf_class_id`` and ``label_set_prob`` are computed from the
+        concatenated ``class_prob`` with the same rule, so every per-instance array has one
+        row per instance.
         """
-        n = len(center_prob)
-        if n == 0:
-            # reshape(0, -1) is ambiguous for an empty array: no instance, no class rows
-            return np.zeros((0, prob_class.shape[-1]), np.float64)
-        out = np.array(center_prob, dtype=np.float64, copy=True).reshape(n, -1)
-        grid = np.asarray(self.config.grid, float)
-        s = np.ones(2) if scale is None else np.array([scale["Y"], scale["X"]], float)
-        rows = np.minimum((np.arange(prob.shape[0]) * grid[0] / s[0]).round().astype(int), labels.shape[0] - 1)
-        cols = np.minimum((np.arange(prob.shape[1]) * grid[1] / s[1]).round().astype(int), labels.shape[1] - 1)
-        lab = labels[np.ix_(rows, cols)].ravel()
-        weight = prob.reshape(-1).astype(np.float64)
-        keep = lab > 0
-        lab, weight = lab[keep] - 1, weight[keep]
-        pc = prob_class.reshape(-1, prob_class.shape[-1])[keep].astype(np.float64)
-        sums = np.zeros((n, pc.shape[1]))
-        np.add.at(sums, lab, weight[:, None] * pc)
-        total = sums.sum(axis=1)
-        have = total > 0
-        out[have] = sums[have] / total[have, None]
-        return out
+        rule = {k: v for k, v in dict(label_set=label_set, class_from=class_from).items() if v is not None}
+        labels, details = super().predict_instances_big(
+            img, axes, block_size, min_overlap, context=context, labels_out=labels_out,
+            labels_out_dtype=labels_out_dtype, show_progress=show_progress, **rule, **kwargs)
+        if self._is_multiclass():
+            for key in PER_INSTANCE_KEYS:
+                details.pop(key, None)
+            class_from = self.config.predict_class_from if class_from is None else class_from
+            add_class_details(details, self.resolve_label_set(label_set), self.hierarchy.leaf_label_set(), class_from)
+        return labels, details

@@ -49,32 +49,68 @@ def resolve_label_sets(hierarchy, dataset, n_images, what="dataset"):
     return [cache.setdefault(d if isinstance(d, str) else d.name, hierarchy.label_set(d)) for d in dataset]
 
 
+def _is_int(v):
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _shown(values, n=10):
+    values = list(values)
+    return f"{values[:n]}" + (f" (and {len(values) - n} more)" if len(values) > n else "")
+
+
 def check_instance_classes(y, classes, label_set, where):
     """Check that every instance of label image ``y`` has a valid class entry.
 
     ``classes`` follows stock StarDist: a dict ``{instance id: class id or None}``, a single
     class id for all instances, or ``None`` (every class unknown). Class ids are the
-    dataset's own ids; 0 means background, ``None`` means unknown (no class loss).
+    dataset's own ids; ``None`` means unknown (no class loss for that nucleus).
+
+    Stricter than stock StarDist, each of these is an error naming the image (``where``):
+    class id 0 for a nucleus (0 is background: use ``None`` for an unknown class), dict keys
+    that are not integers (e.g. strings from a JSON file), entries for instance ids the mask
+    does not contain, instances without an entry, and ids outside the label set.
+
+    Raises
+    ------
+    ValueError, stardist_hier.hierarchy.HierarchyError
     """
     if classes is None:
         return
-    if isinstance(classes, Integral):
-        if classes != 0:
-            label_set.check_class_ids([classes], where)
+    if _is_int(classes):
+        if classes == 0:
+            raise ValueError(f"{where}: classes=0 gives every nucleus class 0, which is background; give a class "
+                             f"id of label set '{label_set.name}' {list(label_set.ids)} or None (unknown class)")
+        label_set.check_class_ids([classes], where)
         return
     if not isinstance(classes, dict):
         raise ValueError(f"{where}: classes must be a dict {{instance id: class id}}, an int or None, "
                          f"got {type(classes).__name__}")
+    bad_keys = [k for k in classes if not _is_int(k)]
+    if bad_keys:
+        hint = (" (a dict read from JSON has string keys: convert it with {int(k): v for k, v in d.items()})"
+                if any(isinstance(k, str) for k in bad_keys) else "")
+        raise ValueError(f"{where}: instance ids (the keys of classes) must be integers, got "
+                         f"{_shown(map(repr, bad_keys), 5)}{hint}")
     ids = np.unique(y)
     ids = ids[ids > 0]
+    present = set(int(i) for i in ids)
     missing = [int(i) for i in ids if int(i) not in classes]
     if missing:
-        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
-        raise ValueError(f"{where}: instance id(s) {missing[:10]}{more} of the mask have no entry in classes")
-    values = [v for v in classes.values() if v is not None]
-    bad_type = [v for v in values if not isinstance(v, Integral)]
+        raise ValueError(f"{where}: instance id(s) {_shown(missing)} of the mask have no entry in classes")
+    extra = sorted(int(k) for k in classes if int(k) not in present)
+    if extra:
+        raise ValueError(f"{where}: classes has entries for instance id(s) {_shown(extra)} that are not in the mask "
+                         f"(classes of another image, or of the mask before cropping?)")
+    bad_type = [v for v in classes.values() if v is not None and not _is_int(v)]
     if bad_type:
-        raise ValueError(f"{where}: class ids must be integers or None, got {bad_type[:5]}")
+        hint = " (strings from a JSON file? convert them with int())" if any(isinstance(v, str) for v in bad_type) else ""
+        raise ValueError(f"{where}: class ids must be integers or None, got {_shown(map(repr, bad_type), 5)}{hint}")
+    zero = sorted(int(k) for k, v in classes.items() if v is not None and int(v) == 0)
+    if zero:
+        raise ValueError(f"{where}: class id 0 (background) for instance id(s) {_shown(zero)}: a nucleus needs a "
+                         f"class id of label set '{label_set.name}' {list(label_set.ids)}, or None if its class "
+                         f"is unknown")
+    values = [v for v in classes.values() if v is not None]
     if values:
         label_set.check_class_ids(values, where)
 
@@ -159,9 +195,13 @@ class HierStarDistData2D(StarDistData2D):
     Notes
     -----
     The stock ``__getitem__`` runs unchanged (built with ``n_classes=None`` so it does not
-    make its own one-hot class target); the label patches it samples are captured as they
-    leave the augmenter and encoded here, with the same subsampling (``zoom``, order 0) and
-    the same negative-label mask as stock StarDist uses for its class target.
+    make its own one-hot class target); each sample it draws is captured as it leaves the
+    augmenter and its label patch encoded here, with the same subsampling (``zoom``, order 0)
+    and the same negative-label mask as stock StarDist uses for its class target. Every batch
+    checks that the captured samples are exactly the batch's images, in order (else
+    :class:`RuntimeError`: stock's data pipeline changed). The capture is per thread, so
+    batches may be built in several threads; in worker processes each has its own copy.
+    :meth:`reseed` reseeds a worker.
     """
 
     def __init__(self, X, Y, batch_size, n_rays, length, hierarchy, label_sets, classes=None,
@@ -181,11 +221,12 @@ class HierStarDistData2D(StarDistData2D):
         self.encoder = ClassTargetEncoder(hierarchy.n_classes + 1)
         self._outside_cache = {}
         self._captured = threading.local()
-        user_augmenter = augmenter if augmenter is not None else (lambda x, y: (x, y))
+        self.user_augmenter = augmenter
 
         def recording_augmenter(x, y):
-            x, y = user_augmenter(x, y)
-            self._captured.labels.append(y)
+            if self.user_augmenter is not None:
+                x, y = self.user_augmenter(x, y)
+            self._captured.samples.append((x, y))
             return x, y
 
         super().__init__(X, Y, batch_size=batch_size, n_rays=n_rays, length=length,
@@ -196,6 +237,19 @@ class HierStarDistData2D(StarDistData2D):
         # the stock ``__getitem__`` skips its own one-hot class target
         self.classes = (None,) * len(X) if classes is None else tuple(classes)
         self.n_leaf_classes = hierarchy.n_classes
+
+    def reseed(self, seed):
+        """Reseed the randomness of batch building, e.g. once in each worker process.
+
+        Stock StarDist draws patches from numpy's global random state, which is seeded here;
+        an augmenter with a ``reseed(seed)`` method (such as
+        :class:`stardist_hier.augment.ClassAwareAugmenter`) is reseeded too. Nothing else in
+        this class is random: the caches it keeps are deterministic.
+        """
+        np.random.seed(seed)
+        reseed = getattr(self.user_augmenter, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
 
     def _outside_mask(self, shape):
         """Grid cells where stock StarDist's class target is all zeros (so no class loss).
@@ -229,8 +283,20 @@ class HierStarDistData2D(StarDistData2D):
         return np.stack(out)
 
     def __getitem__(self, i):
-        self._captured.labels = []
-        inputs, (prob, dist_and_mask) = super().__getitem__(i)
-        labels, self._captured.labels = self._captured.labels, []
-        prob_class = self.class_target(labels, self.batch(i))
+        self._captured.samples = []
+        try:
+            inputs, (prob, dist_and_mask) = super().__getitem__(i)
+            samples = self._captured.samples
+        finally:
+            self._captured.samples = []
+        idx = self.batch(i)
+        images = inputs[0]
+        same = len(samples) == len(idx) == len(images) and all(
+            np.array_equal(np.asarray(x).reshape(img.shape), img, equal_nan=True)
+            for (x, _), img in zip(samples, images))
+        if not same:
+            raise RuntimeError(f"batch {i}: stock StarDistData2D.__getitem__ passed {len(samples)} sample(s) through "
+                               f"the augmenter for a batch of {len(idx)}, or not in the batch's order, so the "
+                               f"class targets cannot be matched to the images (stardist's data pipeline changed)")
+        prob_class = self.class_target([y for _, y in samples], idx)
         return inputs, (prob, dist_and_mask, prob_class)
