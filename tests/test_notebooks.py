@@ -82,3 +82,46 @@ def test_figures_notebook(results, tmp_path):
     assert "SYNTHETIC DATA, SMOKE SCALE" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3  # Fig. 3, Fig. 2, Fig. 4 (rows not run are drawn as placeholders)
+
+
+def _doc_texts():
+    root = NOTEBOOKS.parent
+    texts = {"experiments/README.md": (root / "experiments" / "README.md").read_text()}
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        texts[f"notebooks/{path.name}"] = "\n".join(c.source for c in nb.cells)
+    return root, texts
+
+
+def _resolves(dotted):
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_experiment_docs_name_modules_and_files_that_exist():
+    """experiments/README.md and the notebooks follow the package layout: every module,
+    attribute and file they name exists, and they name the replay subcommand."""
+    import re
+
+    root, texts = _doc_texts()
+    for where, text in texts.items():
+        for dotted in re.findall(r"`(stardist_hier(?:\.\w+)+)", text):
+            assert _resolves(dotted), f"{where}: {dotted} does not exist"
+        for path in re.findall(r"`((?:stardist_hier|experiments|notebooks|benchmarks)/[\w/.*]+\.(?:py|ipynb|md))`", text):
+            assert list(root.glob(path)), f"{where}: {path} does not exist"
+        for old in ("stardist_hier.runner", "stardist_hier.report", "stardist_hier/paper_tables.py",
+                    "stardist_hier/metrics.py"):
+            assert old not in text, f"{where} still names {old}"
+    assert "stardist-hier replay" in texts["experiments/README.md"]

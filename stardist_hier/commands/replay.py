@@ -1,9 +1,10 @@
 """Replay rows of the paper's Tables II and III through the experiment runner.
 
-``stardist-hier replay`` runs all 17 rows (or those named with ``--rows``) in order, sharing
-pre-trainings through the episode cache, and prints both tables; the scripts
-``experiments/table*_row*.py`` and ``experiments/run_all.py`` call :func:`row_main` and
-:func:`run_all_main` of this module.
+Runs all 17 rows (or those named with --rows) in order, sharing pre-trainings through the
+episode cache, and prints both tables beside the published PQ. Every epoch is checkpointed:
+rerun the same command after an interruption and it resumes; finished rows are skipped. The
+scripts experiments/table*_row*.py (one row each) and experiments/run_all.py (all rows) run
+the same code (row_main and run_all_main of this module).
 """
 
 import sys
