@@ -165,6 +165,9 @@ class HierStarDist2D(StarDist2D):
         if keep_head:
             params["n_classes"] = stock.config.n_classes
             params["train_class_weights"] = stock.config.train_class_weights
+        elif stock.config.n_classes is None and "train_loss_weights" not in config_kwargs:
+            # stock's (prob, dist) loss weights, and weight 1 for the new class loss (stock's default)
+            params["train_loss_weights"] = tuple(stock.config.train_loss_weights)[:2] + (1.0,)
         config = HierConfig2D(hierarchy=hierarchy, **params)
         model = cls(config, name=name, basedir=basedir)
         copy_weights(stock.keras_model, model.keras_model, class_head=keep_head and stock.config.n_classes is not None,
