@@ -327,3 +327,82 @@ def test_bad_parameters():
         modified_focal_tversky(N_OUT, mode="bogus")
     with pytest.raises(ValueError, match="alpha"):
         modified_focal_tversky(N_OUT, alpha=1.5)
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def logit_grad(loss, y_true, logits):
+    z = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        value = tf.reduce_mean(loss(tf.constant(y_true), tf.nn.softmax(z)))
+    return tape.gradient(value, z).numpy()
+
+
+def test_gradient_at_the_logits_is_proportional_to_each_leafs_probability(rng):
+    """Equal at the summed probability, not at the logits: d CE / d z_k = w y_k (1 - [k in S] / Y_S)."""
+    shape = (2, 5, 4)
+    logits = rng.normal(0, 1.5, shape + (N_OUT,)).astype(np.float32)
+    lsets = [H.label_set("coarse"), H.label_set("mixed")]
+    labels = np.stack([random_labels(rng, shape[1:], ls, p_ignore=0.1) for ls in lsets])
+    weights = rng.uniform(0.5, 2, N_OUT)
+    grad = logit_grad(modified_crossentropy(weights, N_OUT), pack(labels, lsets), logits)
+    y = softmax(logits.astype(np.float64))
+    ref = np.zeros_like(y)
+    for b in range(shape[0]):
+        for idx in np.ndindex(shape[1:]):
+            k = labels[(b,) + idx]
+            if k < 0:
+                continue
+            S = [0] if k == 0 else list(H.leaf_channels(lsets[b].nodes[k]))
+            w = np.mean(weights[S])
+            yy = y[(b,) + idx]
+            ref[(b,) + idx] = w * yy * (1 - np.isin(np.arange(N_OUT), S) / yy[S].sum()) / labels.size
+    np.testing.assert_allclose(grad, ref, rtol=1e-3, atol=1e-9)
+    # the paper's "same gradient for every sub-class" holds per unit of probability only
+    a = list(H.leaf_channels("A"))
+    px = labels[0] == 1  # 'A' in the coarse label set
+    assert px.any()
+    per_prob = grad[0][px][:, a] / y[0][px][:, a]
+    np.testing.assert_allclose(per_prob, np.broadcast_to(per_prob[:, :1], per_prob.shape), rtol=1e-3)
+    assert not np.allclose(grad[0][px][:, a], grad[0][px][:, a[:1]], rtol=1e-2)
+
+
+def test_a_leaf_at_04_gets_8_times_the_push_of_leaves_at_005():
+    y = np.array([0.3, 0.4, 0.05, 0.05, 0.05, 0.05, 0.1])  # background, a1, a2, a3, b1, b2, c
+    assert y.sum() == pytest.approx(1)
+    labels = np.ones((1, 1, 1), int)  # 'A' = {a1, a2, a3} in the coarse label set
+    target = pack(labels, [H.label_set("coarse")])
+    grad = logit_grad(modified_crossentropy(np.ones(N_OUT), N_OUT), target, np.log(y)[None, None, None].astype(np.float32))
+    g = grad[0, 0, 0]
+    assert np.all(g[1:4] < 0) and g[1] / g[2] == pytest.approx(8, rel=1e-4)
+    np.testing.assert_allclose(g[1:4], y[1:4] * (1 - 1 / 0.5), rtol=1e-4)
+
+
+def test_focal_tversky_counts_no_false_positive_on_uncovered_leaves():
+    """The literal Eq. 4 at MoNuSAC (no fibroblasts): the numbers quoted in the loss docstring."""
+    h = ClassHierarchy.default()
+    n_out = h.n_classes + 1
+    monusac = h.label_set("monusac")
+    lymph_id = next(k for k, v in monusac.nodes.items() if v == "lymphocyte")
+    target = np.zeros((1, 1, 1, 2 * n_out), np.float32)
+    target[..., h.leaf_channels("lymphocyte")[0]] = 1
+    groups = np.full(n_out, -1.0)  # built from the node names, not from LabelSet.leaf_group
+    groups[0] = 0
+    for dense, cid in enumerate(sorted(monusac.nodes), 1):
+        groups[list(h.leaf_channels(monusac.nodes[cid]))] = dense
+    target[..., n_out:] = groups
+    assert lymph_id in monusac.ids and "fibroblast" not in monusac.nodes.values()
+    loss = modified_focal_tversky(n_out, alpha=0.7, gamma=0.75)
+
+    def at(other):
+        p = np.zeros((1, 1, 1, n_out), np.float32)
+        p[..., h.leaf_channels("lymphocyte")[0]] = 0.5
+        p[..., h.leaf_channels(other)[0]] = 0.5
+        return float(run(loss, target, p)[0, 0, 0])
+
+    assert at("fibroblast") == pytest.approx(max(1 - 0.5 / (0.7 + 0.3 * 0.5), 1e-6) ** 0.75, abs=1e-5)
+    assert at("fibroblast") == pytest.approx(0.514, abs=1e-3)
+    assert at("neutrophil") == pytest.approx(0.595, abs=1e-3)

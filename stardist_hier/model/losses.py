@@ -20,6 +20,17 @@ The class target of a batch has ``2 * n_out`` channels, ``n_out = n_classes + 1`
 With every label at a leaf (one-hot admitted leaves) the losses reduce to StarDist's
 ``weighted_categorical_crossentropy`` and to the focal Tversky loss of Eq. 3.
 
+Gradients behind a super-class label
+------------------------------------
+A label at an inner node ``S`` enters both losses only through the summed probability
+:math:`Y_S = \\sum_{j \\in S} y_j`, so every leaf under ``S`` receives the same gradient **at
+the summed probability** (d loss / d y_j is the same for all j in S). It is not the same at
+the network's logits: through the softmax, for the cross-entropy of Eq. 2,
+``d loss / d z_k = w y_k (1 - 1 / Y_S)`` for ``k`` in ``S`` (and ``w y_k`` for the other
+channels), i.e. proportional to each leaf's own probability: a leaf at 0.4 is pushed up 8 times
+as hard as leaves at 0.05 under the same label. The rich get richer within a super-class.
+``tests/test_losses.py`` pins both statements against a numpy reference.
+
 Reduction
 ---------
 Every loss returns one value per pixel, ``(batch, *spatial)``; Keras then averages over all
@@ -74,8 +85,10 @@ def modified_crossentropy(class_weights, n_out):
     Per pixel ``-w * log(sum_{j in S} y_j)`` where ``S`` is the set of admitted leaves of the
     pixel's label (``{0}`` for background) and ``y`` the predicted probabilities,
     renormalised as StarDist does. The sum is clipped to ``[eps, 1 - eps]`` (not the single
-    probabilities), so every leaf under a super-class label receives the same gradient,
-    as behind a sum node.
+    probabilities), so every leaf under a super-class label receives the same gradient at
+    the summed probability, as behind a sum node; at the logits the gradient of each leaf is
+    proportional to its probability (see "Gradients behind a super-class label" in the
+    module docstring).
 
     Parameters
     ----------
@@ -125,6 +138,16 @@ def modified_focal_tversky(n_out, alpha=FOCAL_TVERSKY_ALPHA, gamma=FOCAL_TVERSKY
 
     The floor ``max(., eps)`` keeps loss and gradient finite for probabilities of exactly
     0 and 1 (``TI`` can exceed 1 by ``O(eps)`` there) and for ``gamma < 1``.
+
+    Leaves the label set does not cover: as in the paper's Eq. 4 read literally, the sums
+    over ``k`` run over the label set's classes only, so probability on a leaf no class of
+    the label set covers is neither a true nor a false positive: it lowers the denominator
+    instead of counting against the pixel. Example (``alpha=0.7, gamma=0.75``, MoNuSAC, whose
+    label set leaves fibroblasts out): a lymphocyte pixel with 0.5 on lymphocyte and 0.5 on
+    fibroblast has ``TI = 0.5 / (0.7 + 0.3 * 0.5) = 0.588`` and loss ``0.514``; with the
+    wrong 0.5 on neutrophil (a MoNuSAC class) ``TI = 0.5 / 1.0`` and loss ``0.595``. The
+    uncovered mistake costs less. ``mode='classwise'`` drops uncovered mass in the same way
+    (the merged probabilities cover the label set's classes only).
 
     Parameters
     ----------
