@@ -109,3 +109,73 @@ def test_bad_classes_are_reported_with_image_and_label_set():
         HierStarDistData2D(X, Y, label_sets="monusak", classes=C, **kw)
     with pytest.raises(ValueError, match="3 images"):
         HierStarDistData2D(X, Y, label_sets=["monusac"], classes=C, **kw)
+
+
+def test_careless_classes_get_clear_errors():
+    h = ClassHierarchy.default()
+    X, Y, C = make_images(2, classes=(1, 2), p_none=0, neg=False)
+    kw = dict(hierarchy=h, label_sets="monusac", batch_size=2, n_rays=8, length=1, patch_size=(64, 64))
+    first = next(iter(C[1]))
+    cases = [
+        ({**C[1], first: 0}, ValueError, rf"image 1 \(label set 'monusac'\): class id 0 \(background\) for instance id\(s\) \[{first}\]"),
+        ({**C[1], 99: 1}, ValueError, r"image 1 .*entries for instance id\(s\) \[99\] that are not in the mask"),
+        ({str(k): v for k, v in C[1].items()}, ValueError, r"image 1 .*must be integers.*JSON.*int\(k\)"),
+        ({k: str(v) for k, v in C[1].items()}, ValueError, r"image 1 .*class ids must be integers or None.*JSON"),
+        (0, ValueError, r"image 1 .*classes=0 gives every nucleus class 0"),
+        (True, ValueError, r"image 1 .*classes must be a dict"),
+    ]
+    for bad, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            HierStarDistData2D(X, Y, classes=[C[0], bad], **kw)
+    HierStarDistData2D(X, Y, classes=[C[0], {k: None for k in C[1]}], **kw)  # unknown classes are fine
+    HierStarDistData2D(X, Y, classes=[C[0], 2], **kw)  # one id for all nuclei
+
+
+def test_class_targets_are_matched_to_the_batch_or_refused():
+    h = ClassHierarchy.default()
+    X, Y, C = make_images(3, classes=(1, 2), p_none=0)
+    data = HierStarDistData2D(X, Y, hierarchy=h, label_sets="monusac", classes=C, batch_size=2, n_rays=8, length=2,
+                              patch_size=(48, 48))
+    data[0]
+    recording = data.augmenter
+
+    def twice(x, y):  # a stock pipeline that passed a sample through the augmenter twice
+        recording(x, y)
+        return recording(x, y)
+
+    data.augmenter = twice
+    with pytest.raises(RuntimeError, match=r"batch 0: .* passed 4 sample\(s\) through the augmenter for a batch of 2"):
+        data[0]
+    seen = []
+
+    def swapped(x, y):  # ... or in another order than the batch's
+        seen.append((x, y))
+        out = recording(*seen[0]) if len(seen) == 2 else recording(x, y)
+        return (x, y) if len(seen) == 2 else out
+
+    data.augmenter = swapped
+    with pytest.raises(RuntimeError, match="not in the batch's order"):
+        data[1]
+
+
+def test_reseed_makes_batches_repeatable():
+    h = ClassHierarchy.default()
+    X, Y, C = make_images(4, classes=(1, 2), p_none=0)
+
+    class Noise:
+        def reseed(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+        def __call__(self, x, y):
+            return x + self.rng.normal(0, 0.1, x.shape).astype(np.float32), y
+
+    batches = []
+    for _ in range(2):
+        data = HierStarDistData2D(X, Y, hierarchy=h, label_sets="monusac", classes=C, batch_size=2, n_rays=8, length=3,
+                                  patch_size=(48, 48), augmenter=Noise())
+        data.reseed(7)
+        batches.append([data[i] for i in range(3)])
+    for (xa, ya), (xb, yb) in zip(*batches):
+        np.testing.assert_array_equal(xa[0], xb[0])
+        for a, b in zip(ya, yb):
+            np.testing.assert_array_equal(a, b)
