@@ -17,6 +17,12 @@ cells by ``g - 1`` pixels. :func:`predict_tta` therefore pads ``(1 - L) mod g`` 
 end of every axis that a transform reverses, so that the cells of all 8 predictions fall on
 the same pixels (see :func:`tta_pad`).
 
+The merged prediction is then equivariant: predicting a rotated or flipped image gives the
+rotated or flipped prediction, exactly (up to floating-point order) when each side is
+``1 mod g`` (a transform then maps the cells of the image onto the cells of the transformed
+image); for other sizes the transformed image's cells lie ``g - 1`` pixels off the image's,
+and the two predictions agree only as well as the network does under that shift.
+
 Plain numpy: the network is called through a function given by the caller.
 """
 
