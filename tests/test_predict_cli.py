@@ -273,3 +273,27 @@ def test_same_stem_in_two_folders_gets_two_outputs(setup, tmp_path):
     names = output_names([a, b, tmp_path / "y.ome.tif"])
     assert names[0] != names[1] and names[0].startswith("x-") and names[2] == "y"
     assert output_names([a, b]) == names[:2]  # stable
+
+
+def test_mask_file_and_folder(setup, capsys, tmp_path):
+    slide = setup["good"] / "slide_c.tif"  # 640 x 512
+    mask = np.zeros((64, 51), np.uint8)
+    mask[:, :25] = 255  # the left half
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    rc, _, err = run(["predict", "--model", str(setup["model"]), str(slide), "--out", str(tmp_path / "o1"),
+                      "--mask", str(tmp_path / "m.png"), "-q"], capsys)
+    assert rc == 0, err
+    row = pd.read_csv(tmp_path / "o1" / "summary.csv").iloc[0]
+    assert row["tissue_area_px"] == pytest.approx(640 * 512 * 25 / 51, rel=0.05)
+    tissue = np.asarray(Image.open(tmp_path / "o1" / "slide_c" / "slide_c_tissue.png"))
+    assert tissue[:, : tissue.shape[1] // 3].all() and not tissue[:, -tissue.shape[1] // 3:].any()
+    # one file for several inputs: refused; a folder: per slide by name, the others automatic
+    rc, _, err = run(["predict", "--model", str(setup["model"]), str(setup["good"]), "--out", str(tmp_path / "o2"),
+                      "--mask", str(tmp_path / "m.png"), "-q"], capsys)
+    assert rc == 1 and "one mask file for several inputs" in err and str(tmp_path / "m.png") in err
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "slide_c.png")
+    rc, _, err = run(["predict", "--model", str(setup["model"]), str(slide), "--out", str(tmp_path / "o3"),
+                      "--mask", str(tmp_path / "masks"), "-q"], capsys)
+    assert rc == 0, err
+    assert pd.read_csv(tmp_path / "o3" / "summary.csv").iloc[0]["tissue_area_px"] == row["tissue_area_px"]

@@ -79,7 +79,7 @@ def run(args):
                                geojson="geojson.gz" if args.geojson == "gz" else "geojson", tables=tables,
                                overlay=not args.no_overlay)
     verbose = verbosity(args)
-    model = load_model(args.model)  # bad folder, no weights: an error before any input
+    model = load_model(args.model, quiet=verbose < 0)  # bad folder, no weights: an error before any input
     resolve_label_set(model, args.label_set)  # unknown label set, or one on a model without classes
     if args.scheduler == "dask":
         model = args.model  # each worker loads it

@@ -119,8 +119,14 @@ def check_model_folder(folder):
     return folder
 
 
-def load_model(folder):
+def load_model(folder, quiet=False):
     """Load a :class:`~stardist_hier.model.HierStarDist2D` from its folder, with one-line errors.
+
+    Parameters
+    ----------
+    folder : str or path-like
+    quiet : bool
+        Hide StarDist's messages about the weights and thresholds it loads.
 
     Raises
     ------
@@ -130,7 +136,13 @@ def load_model(folder):
     folder = check_model_folder(folder)
     from ..model import HierStarDist2D
 
-    return HierStarDist2D(None, name=folder.name, basedir=str(folder.parent))
+    if not quiet:
+        return HierStarDist2D(None, name=folder.name, basedir=str(folder.parent))
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # StarDist's "Loading network weights ..." lines
+        return HierStarDist2D(None, name=folder.name, basedir=str(folder.parent))
 
 
 def weights_file(folder):
@@ -422,7 +434,10 @@ def summary_table(rows):
     first = ["input", "name", "kind", "status", "nuclei", "label_set", "tta", "mpp", "tissue_area_px",
              "tissue_area_mm2", "seconds", "note", "error"]
     counts = list(dict.fromkeys(k for r in rows for k in r if k.startswith("n_")))
-    return pd.DataFrame(rows, columns=first + counts)
+    df = pd.DataFrame(rows, columns=first + counts)
+    for c in ["nuclei", *counts]:
+        df[c] = df[c].astype("Int64")  # counts stay integers beside the empty cells of failed inputs
+    return df
 
 
 def write_summary(rows, out):
@@ -496,7 +511,7 @@ def _predict_here(model, paths, names, out, settings, progress, verbose, overwri
     from tqdm.auto import tqdm
 
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
+        model = load_model(model, quiet=verbose < 0)
     resolve_label_set(model, settings.label_set)  # unknown label set: an error before any input
     model_id = _model_identity(model)
     rows = [None] * len(paths)
