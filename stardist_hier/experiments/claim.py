@@ -79,12 +79,14 @@ METRICS = HEADLINE_METRICS
 class FlattenedModel:
     """A model trained on flattened labels, scored at an original (finer) label set.
 
-    ``predict_instances(img, label_set=NAME)`` predicts with the coarse model and gives
-    every class of label set ``NAME`` of the original hierarchy a score: the coarse
-    probability of its depth-cut ancestor (or the summed probabilities of the coarse
-    classes under it when it lies above the cut), plus a tie-break below any probability
-    difference that prefers the class most frequent in ``class_counts``. Coarse classes the
-    label set does not cover get no class, as their probability is dropped.
+    ``predict_instances(img, label_set=NAME)`` predicts with the coarse model and classifies
+    each nucleus with the package's one class rule, :meth:`LabelSet.classify`, at the coarse
+    image of label set ``NAME``: the label set whose classes are the depth-cut ancestors of
+    ``NAME``'s classes (a class above the cut, such as MoNuSeg's root, keeps its node and so
+    sums the coarse classes under it). The coarse class is then mapped to the original class
+    under it that is most frequent in ``class_counts`` (ties: the smallest id): classes that
+    share an ancestor cannot be told apart by a model that never saw the distinction. Coarse
+    classes the label set does not cover get no class, as their probability is dropped.
 
     Parameters
     ----------
@@ -102,36 +104,32 @@ class FlattenedModel:
         self.class_counts = class_counts or {}
         self.name = getattr(model, "name", "flattened")
 
-    def score_matrix(self, label_set):
-        """``(n_coarse_leaves + 1, max_id + 1)``: weight of each coarse channel for each class."""
+    def coarse_label_set(self, label_set):
+        """``(coarse LabelSet, table)``: the label set's image on the flat hierarchy, and
+        ``table[coarse id]`` = the original class id a coarse class becomes."""
+        from ..hierarchy import LabelSet
+
         ls = self.hierarchy.label_set(label_set)
-        fh = self.flat.hierarchy
+        coarse = {cid: coarse_node(self.hierarchy, node, self.flat.depth) for cid, node in ls.nodes.items()}
+        nodes = list(dict.fromkeys(coarse[c] for c in ls.ids))
+        coarse_ls = LabelSet(f"{ls.name} at depth {self.flat.depth}", dict(enumerate(nodes, 1)), self.flat.hierarchy)
         counts = self.class_counts.get(ls.name, {})
-        total = max(1, sum(counts.values()))
-        w = np.zeros((fh.n_classes + 1, ls.max_id + 1))
-        for cid, node in ls.nodes.items():
-            cn = coarse_node(self.hierarchy, node, self.flat.depth)
-            for ch in fh.leaf_channels(cn):
-                w[ch, cid] = 1.0
-        # tie-break between classes that share a coarse ancestor: far below any probability
-        # difference the network can express in float32
-        tie = np.array([counts.get(c, 0) / total for c in range(ls.max_id + 1)]) * 1e-9
-        return w, tie
+        table = np.zeros(len(nodes) + 1, np.int64)
+        for k, node in enumerate(nodes, 1):
+            table[k] = max((c for c in ls.ids if coarse[c] == node), key=lambda c: (counts.get(c, 0), -c))
+        return coarse_ls, table
 
     def predict_instances(self, img, label_set=None, **kwargs):
         labels, details = self.model.predict_instances(img, **kwargs)
         if label_set is None:
             return labels, details
-        ls = self.hierarchy.label_set(label_set)
-        w, tie = self.score_matrix(ls)
-        prob = np.asarray(details["class_prob"], np.float64)
-        ids = np.asarray(ls.ids, np.int64)
-        if len(prob):
-            score = (prob @ w + tie)[:, ids]
-            cls = ids[score.argmax(axis=1)]
-        else:
-            cls = np.zeros(0, np.int64)
-        details = dict(details, class_id=cls, class_prob=None, coarse_class_prob=prob)
+        coarse_ls, table = self.coarse_label_set(label_set)
+        prob = np.asarray(details["class_prob"], np.float64).reshape(-1, self.flat.hierarchy.n_classes + 1)
+        cls = table[coarse_ls.classify(prob)]
+        # the coarse model's own label-set entries describe the flat hierarchy: not passed on
+        details = {k: v for k, v in details.items() if k not in ("label_set_prob", "leaf_class_id", "label_set")}
+        details.update(class_id=cls, class_prob=None, coarse_class_prob=prob,
+                       label_set=self.hierarchy.label_set(label_set).name)
         return labels, details
 
 
