@@ -32,8 +32,10 @@ negative-id pixels is dropped (counted in ``n_pred_ignored``) before matching.
 Conventions and their empty-case rules
 --------------------------------------
 With ``den = TP + FP/2 + FN/2``: ``DQ = TP/den``, ``SQ = sum_IoU/TP``, ``PQ = DQ*SQ =
-sum_IoU/den``. Values are exact (the reference codes' ``1e-6`` epsilons change them by
-less than 1e-6 and are not reproduced).
+sum_IoU/den``. Values are exact: the reference codes' ``1e-6`` epsilons (CoNIC's
+``tp / (tp + fp/2 + fn/2 + 1e-6)`` and ``sum_iou / (tp + 1e-6)``) are not reproduced; they
+move one image's PQ by up to about 2e-6 (one perfect match: ``1 / (1 + 1e-6)**2``), and less
+for sums over many nuclei.
 
 Each entry: name (matching rule) -- aggregation; empty-case rule.
 
@@ -51,7 +53,10 @@ Each entry: name (matching rule) -- aggregation; empty-case rule.
   ``den = 0`` (no GT and no prediction).
 * ``mPQ+_conic`` (``>``) -- per class, TP/FP/FN/sum_IoU summed over all images, PQ per class,
   mean over *all* classes of the label set; a class absent from the whole set (GT and
-  prediction) scores 0. ``PQ+_<class>``: that class's value.
+  prediction) scores 0. That holds when the label set's class ids are passed (as
+  :func:`evaluate_folder` does); ``evaluate_arrays(class_ids=None)`` takes the classes found in
+  the data, so an absent class is left out of the mean instead. ``PQ+_<class>``: that
+  class's value.
 * ``PQ_stardist_image`` (``>=``) -- class-agnostic PQ per image, mean over images
   (``matching_dataset(by_image=True)``); 0 when ``den = 0``.
 * ``PQ_stardist_summed`` (``>=``) -- from TP/FP/FN/sum_IoU summed over the set

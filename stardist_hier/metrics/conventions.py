@@ -222,7 +222,9 @@ def evaluate_arrays(gts, preds, gt_classes=None, pred_classes=None, class_ids=No
     gt_classes, pred_classes : sequence, optional
         Per-image class maps or tables when not given as a second channel.
     class_ids : sequence of int or LabelSet, optional
-        Class ids of the label set; default: all non-zero ids found in the set.
+        Class ids of the label set; default: all non-zero ids found in the set. Pass them to
+        score every class of the label set: with the default, a class absent from GT and
+        predictions is not in the result at all (so it does not score 0 in ``mPQ+_conic``).
     tissues, names : sequence, optional
         Per-image tissue labels and names.
     class_names : sequence of str, optional

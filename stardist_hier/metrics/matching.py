@@ -159,7 +159,9 @@ def image_pq(gt, pred, thresh=0.5, rule=RULE_HOVERNET, empty=np.nan):
     """DQ, SQ and PQ of one image, class-agnostic.
 
     ``empty`` is returned for all three when the image has neither GT nor prediction
-    (HoVer-Net's ``get_fast_pq`` gives nan there, StarDist 0). SQ is 0 when TP = 0.
+    (default nan, the value PanNuke's nan-skipping averages need; StarDist gives 0; HoVer-Net's
+    ``get_fast_pq`` gives no value at all there: it crashes on two empty maps, so its callers
+    skip such images). SQ is 0 when TP = 0.
 
     Returns
     -------
