@@ -86,6 +86,9 @@ def test_demo_rejects_bad_sizes(tmp_path, capsys):
     assert "patch_size" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path), "--quick", "--threshold-images", "-1"]) == 2
     assert "threshold_images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # one flag scheme: -q and -v exclude each other
+        main(["demo", "--out", str(tmp_path), "--quick", "-q", "-v"])
+    assert e.value.code == 2
     assert not (tmp_path / "runs").exists()
 
 

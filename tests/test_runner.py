@@ -274,3 +274,18 @@ def test_a_keras_stop_is_recorded_and_a_resume_does_not_train_on(data, tmp_path,
     ep = res.info["episodes"][0]
     assert ep["stopped_early"] is True and ep["epochs_run"] == 1 and ep["epochs"] == 3
     assert "stop_training" in ep["stop_reason"]
+
+
+def test_replay_commands_share_the_flag_scheme_and_report_user_errors_in_one_line(tmp_path, capsys):
+    from stardist_hier.commands.replay import row_main, run_all_main
+
+    missing = ["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
+    assert run_all_main([*missing, "-q", "--rows", "2:1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot start: the prepared data is missing") and "Traceback" not in err
+    assert row_main(**dict(table=2, row=1, pretrain=("consep", 100), finetune=None, test="consep", pq=0.5404),
+                    argv=[*missing, "--no-progress"]) == 1  # the old spelling of --quiet still works
+    assert capsys.readouterr().err.startswith("error: cannot start")
+    with pytest.raises(SystemExit) as e:
+        run_all_main([*missing, "-q", "-v"])
+    assert e.value.code == 2

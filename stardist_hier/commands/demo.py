@@ -9,9 +9,12 @@ thresholds and how many nuclei it predicted) and writes the loss curves (Fig. 3)
 prediction overlays (Figs. 2 and 4) as PNGs into --out. The numbers are synthetic and
 miniature, not comparable to the paper's. A rerun with the same settings reuses the finished
 runs. Defaults take about 6 minutes on 2 CPU cores; --quick about 1.
+
+Output: -q no progress bars (the table, the figures and a line per run); by default progress
+bars; -v a line per epoch; -vv also Keras' progress bars.
 """
 
-import sys
+from ._common import add_output_flags, show_progress, usage_error, verbosity
 
 
 def add_arguments(parser):
@@ -45,24 +48,17 @@ def add_arguments(parser):
         "validation tiles to tune each row's detection thresholds on (0: StarDist's defaults 0.5/0.4)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace runs in OUT that were made with other settings")
-    parser.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2),
-                        help="runner output: 0 a line per run (default), 1 a line per epoch, 2 Keras' bars")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_flags(parser)  # -q: no bars; -v: a line per epoch; -vv: also Keras' bars
 
 
 def run(args):
-    from ..experiments.data import MissingDataError
     from ..experiments.demo import run_demo, settings_from_args
 
     try:
         settings = settings_from_args(args, quick=args.quick).check()
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        run_demo(args.out, data=args.data, settings=settings, seed=args.seed, data_seed=args.data_seed,
-                 progress=not args.quiet, verbose=args.verbose, overwrite=args.overwrite)
-    except (FileExistsError, MissingDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return usage_error(e)
+    # missing data and runs made with other settings are user errors: cli.run_command says so
+    run_demo(args.out, data=args.data, settings=settings, seed=args.seed, data_seed=args.data_seed,
+             progress=show_progress(args), verbose=min(2, max(0, verbosity(args))), overwrite=args.overwrite)
     return 0

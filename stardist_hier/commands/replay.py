@@ -7,11 +7,11 @@ scripts experiments/table*_row*.py (one row each) and experiments/run_all.py (al
 the same code (row_main and run_all_main of this module).
 """
 
-import sys
 import time
 from pathlib import Path
 
 from ..experiments.config import SCALES
+from ._common import add_output_flags, run_command, show_progress, verbosity
 
 
 def add_arguments(p):
@@ -27,8 +27,13 @@ def add_arguments(p):
     p.add_argument("--cache", default=None, help="episode cache shared by runs (default: OUT/cache)")
     p.add_argument("--rows", default=None,
                    help="comma-separated row names or table:row pairs (e.g. 2:1,3:4) to run only some")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_output_flags(p)  # -q: results only; default: a line per epoch; -v: also Keras' bars
     return p
+
+
+def _runner_verbose(args):
+    """The runner's verbosity: 0 with -q, 1 by default (a line per epoch), 2 with -v."""
+    return min(2, verbosity(args) + 1)
 
 
 def _parser(description):
@@ -43,7 +48,7 @@ def _resolve_args(args):
     if args.synthetic:
         print(f"no real data: using synthetic stand-ins in {args.synthetic} (numbers are NOT comparable to the paper)",
               flush=True)
-        root = ensure_synthetic(args.synthetic, progress=not args.quiet)
+        root = ensure_synthetic(args.synthetic, progress=show_progress(args))
     else:
         root = Path(args.data_root)
     out = Path(args.out) if args.out else Path("results") / args.scale
@@ -57,24 +62,22 @@ def row_main(table, row, pretrain, finetune, test, pq, argv=None):
     :mod:`stardist_hier.experiments.paper_tables`.
     """
     from ..experiments.config import make_row_config
-    from ..experiments.data import MissingDataError
     from ..experiments.paper_tables import check_row
     from ..experiments.runner import run_experiment
-    from ..hierarchy import HierarchyError
 
     prow = check_row(table, row, pretrain, finetune, test, pq)
     p = _parser(prow.describe())
     args = p.parse_args(argv)
     if args.rows:
         p.error("--rows is for run_all.py / `stardist-hier replay`; a row script runs its own row")
-    try:
+
+    def one_row(args):
         root, out = _resolve_args(args)
-        cfg = make_row_config(prow, args.scale, args.seed)
-        run_experiment(cfg, root, out, cache_dir=args.cache, verbose=0 if args.quiet else 1)
-    except (MissingDataError, FileExistsError, HierarchyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        run_experiment(make_row_config(prow, args.scale, args.seed), root, out, cache_dir=args.cache,
+                       verbose=_runner_verbose(args))
+
+    # as for every subcommand: a missing dataset is one line and status 1, Ctrl-C status 130
+    return run_command(one_row, args)
 
 
 def _selected_rows(args, parser):
@@ -94,21 +97,14 @@ def _selected_rows(args, parser):
 
 
 def run(args, parser=None):
-    """Run the selected rows, then print Tables II and III."""
-    from ..experiments.data import MissingDataError
+    """Run the selected rows, then print Tables II and III (user errors: see :func:`run_command`)."""
     from ..experiments.report import collect_table, format_table
     from ..experiments.runner import run_rows
-    from ..hierarchy import HierarchyError
 
     rows = _selected_rows(args, parser or _parser("replay"))
     t0 = time.perf_counter()
-    try:
-        root, out = _resolve_args(args)
-        run_rows(rows, root, out, scale=args.scale, seed=args.seed, cache_dir=args.cache,
-                 verbose=0 if args.quiet else 1)
-    except (MissingDataError, FileExistsError, HierarchyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    root, out = _resolve_args(args)
+    run_rows(rows, root, out, scale=args.scale, seed=args.seed, cache_dir=args.cache, verbose=_runner_verbose(args))
     print(f"replay: {len(rows)} rows in {time.perf_counter() - t0:.1f} s", flush=True)
     for t in (2, 3):
         print(f"\nTable {'II' if t == 2 else 'III'}:\n" + format_table(collect_table(out, t), as_text=True))
@@ -118,4 +114,5 @@ def run(args, parser=None):
 def run_all_main(argv=None):
     """Command line of ``experiments/run_all.py``: every row of Tables II and III, in order."""
     p = _parser("Run all 17 rows of the paper's Tables II and III in order, sharing pre-trainings.")
-    return run(p.parse_args(argv), p)
+    args = p.parse_args(argv)
+    return run_command(lambda a: run(a, p), args)
