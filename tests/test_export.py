@@ -318,3 +318,22 @@ def test_model_without_classes_exports_probability_and_rays(tmp_path):
     result = export_model(model, tmp_path / "out", "pb")
     assert result.layout.n_classes == 0 and result.layout.n_channels == 17 and result.max_abs_diff <= ATOL
     assert "classificationNames" not in result.files["groovy"].read_text()
+
+
+def test_layout_that_qupath_cannot_pad_is_flagged_and_decoder_options():
+    from stardist_hier.export import ExportLayout
+    from stardist_hier.export.qupath import groovy_snippet
+
+    deep = ExportLayout(n_rays=8, divisor=(128, 128))  # e.g. unet_n_depth=5 at grid 4
+    assert not deep.qupath_compatible and ExportLayout(n_rays=8, divisor=(64, 32)).qupath_compatible
+    assert "WARNING" in groovy_snippet("/m.pb", None, deep)
+    out = np.zeros((2, 3, 1 + 4 + 2), np.float32)
+    out[..., 0] = [[0.9, 0.1, 0.5], [0.5, 0.95, 0.2]]
+    out[..., 1:5] = 2.0
+    out[..., 5:] = [1.0, 0.0]  # background everywhere but at (1, 1)
+    out[1, 1, 5:] = [0.2, 0.8]
+    kept = decode_like_qupath(out, 2, 0.5, scale=(2, 2))
+    assert kept["points"].tolist() == [[1, 1]] and kept["class_channel"].tolist() == [1]  # >= threshold, no background
+    np.testing.assert_allclose(kept["coord"][0][:, 0], [2 + 0, 2 + 2])  # ray 0 points along +x: (y, x + d)
+    assert decode_like_qupath(out, 2, 0.5, keep_background=True)["points"].tolist() == [[0, 0], [0, 2], [1, 0], [1, 1]]
+    assert decode_like_qupath(out[..., :5], 0, 0.5)["class_channel"].tolist() == [-1] * 4

@@ -11,6 +11,7 @@ Inputs must be multiples of unet_pool**unet_n_depth * grid pixels (16 for a dept
 grid 2); QuPath pads its tiles to multiples of 64.
 """
 
+import warnings
 from pathlib import Path
 
 from ._common import add_output_flags, verbosity
@@ -65,6 +66,6 @@ def run(args):
     if result.max_abs_diff is not None and verbosity(args) >= 0:
         print(f"checked: the export differs from the Keras network by at most {result.max_abs_diff:.2g}")
     if not layout.qupath_compatible:
-        print(f"warning: QuPath pads tiles to multiples of 64 pixels, but this network needs multiples of "
-              f"{tuple(layout.divisor)}: QuPath cannot run it")
+        warnings.warn(f"QuPath pads tiles to multiples of 64 pixels, but this network needs multiples of "
+                      f"{tuple(layout.divisor)}: QuPath cannot run it")
     return 0

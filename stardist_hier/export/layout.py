@@ -39,6 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..hierarchy import HierarchyError
+
 __all__ = ["ExportError", "ExportLayout", "qupath_model", "export_layout", "input_divisor", "QUPATH_TILE_MULTIPLE",
            "SOFTMAX_CLIP"]
 
@@ -149,7 +151,10 @@ def export_layout(model, label_set=None):
             raise ExportError(f"--label-set {label_set}: the model{_where(model)} has no classes (n_classes=None); "
                               f"export it without --label-set")
     else:
-        ls = model.hierarchy.leaf_label_set() if label_set is None else model.hierarchy.label_set(label_set)
+        try:
+            ls = model.hierarchy.leaf_label_set() if label_set is None else model.hierarchy.label_set(label_set)
+        except HierarchyError as e:
+            raise HierarchyError(f"the model{_where(model)}: {e}") from None
         ids = [0, *ls.ids]
         names = [ls.node(k) for k in ids]
         colors = [list(ls.color(k)) for k in ids]
