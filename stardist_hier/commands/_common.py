@@ -65,6 +65,7 @@ USER_ERRORS = (
     "stardist_hier.metrics.matching:MetricsError",
     "stardist_hier.metrics.folder:EvaluationError",
     "stardist_hier.predict.slides:InputError",
+    "stardist_hier.export.layout:ExportError",
 )
 
 #: a missing input (``FileNotFoundError`` and its subclasses, e.g. the experiments'
