@@ -26,6 +26,8 @@ COMMANDS = {
     "synth": ("stardist_hier.commands.synth", "generate the synthetic hierarchical H&E datasets"),
     "demo": ("stardist_hier.commands.demo", "run the miniature version of the paper's experiments end to end"),
     "replay": ("stardist_hier.commands.replay", "replay rows of the paper's Tables II and III (all 17 by default)"),
+    "export": ("stardist_hier.commands.export", "export a model with its class head for QuPath (frozen .pb), "
+               "ONNX or a TF SavedModel"),
 }
 
 
