@@ -17,8 +17,8 @@ channels; this module refuses a layout where that does not hold.
   leaf probabilities summed by a fixed 1x1 convolution with the label set's membership
   matrix, background first, then the label set's class ids in increasing order.
 
-The network is rewritten so that OpenCV's TensorFlow importer runs it exactly (OpenCV
-4.10 to 5.0, the versions that install with numpy 2):
+The network is rewritten so that OpenCV's TensorFlow importer runs it exactly (checked
+with OpenCV 4.7, 4.9, 4.10, 4.12, 4.14 and 5.0; QuPath 0.5/0.6 ship OpenCV 4.x):
 
 * Keras 3's ``UpSampling2D`` repeats pixels with ``Tile``/``Reshape`` ops OpenCV cannot
   import; it is replaced by ``ResizeNearestNeighbor`` on a size computed as

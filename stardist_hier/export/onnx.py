@@ -4,10 +4,11 @@ The ONNX model takes and returns **NCHW** tensors (``inputs_as_nchw``/``outputs_
 input ``(batch, channels, height, width)``, output ``(batch, channels, height / grid[0],
 width / grid[1])``, the layout OpenCV's DNN module (QuPath) feeds and reads for every model
 format, and the usual one for ONNX. Height and width are free (multiples of the network's
-divisor).
+divisor): onnxruntime and OpenCV 5 run it at any such size, but OpenCV 4's ONNX importer
+cannot import free input sizes, so QuPath (OpenCV 4.x) should be given the ``.pb``.
 
-tf2onnx 1.17 (the release that installs with TensorFlow 2.21, numpy 2 and protobuf 7)
-converts the graph as it is; no pin is needed.
+tf2onnx >= 1.17 converts the graph as it is under TensorFlow 2.21, numpy 2 and protobuf 7
+(tf2onnx 1.16 pins protobuf 3.20, which TensorFlow 2.21 cannot use).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from .tensorflow_pb import INPUT_NAME, OUTPUT_NAME
 
 __all__ = ["ONNX_OPSET", "graph_def_to_onnx", "write_onnx"]
 
-#: ONNX opset of the exported models (Resize with ``sizes`` needs >= 11; 13 is read by
-#: onnxruntime and by OpenCV 4.x/5.x)
+#: ONNX opset of the exported models (Resize with ``sizes`` needs >= 11; onnxruntime and
+#: OpenCV 5 read 13)
 ONNX_OPSET = 13
 
 
