@@ -333,3 +333,17 @@ def test_slide_overlay_and_mask_picture():
         assert (win == nuc.label_set.color(nuc.class_id[i])).all(axis=-1).any(), i
     m = O.mask_image(mask)
     assert m.dtype == np.uint8 and set(np.unique(m)) == {0, 255} and (m == 255).sum() == mask.sum()
+
+
+def test_thick_outlines_stay_inside_their_nucleus():
+    nuc = make_nuclei(shape=(520, 560), n=60, seed=5)
+    image = np.full(nuc.shape + (3,), 230, np.uint8)
+    pic = O.image_overlay(image, nuc)[:520, :560]
+    drawn = (pic != 230).any(axis=-1)
+    assert not (drawn & (nuc.labels == 0)).any()  # never onto the background or a neighbour
+    from skimage.segmentation import find_boundaries
+    ring1 = find_boundaries(nuc.labels, mode="inner")
+    ring2 = find_boundaries(np.where(ring1, 0, nuc.labels), mode="inner") & (nuc.labels > 0)
+    assert drawn[ring1].all() and drawn[ring2].all()  # two pixels wide
+    for i in range(len(nuc)):
+        assert (pic[drawn & (nuc.labels == i + 1)] == nuc.label_set.color(nuc.class_id[i])).all()

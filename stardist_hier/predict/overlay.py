@@ -90,6 +90,8 @@ def draw_nuclei(rgb, nuclei, scale=1.0, width=1):
 
         labels = np.asarray(nuclei.labels)
         edge = find_boundaries(labels, mode="inner")
+        for _ in range(width - 1):  # thicker outlines grow inwards, never onto a neighbour
+            edge |= find_boundaries(np.where(edge, 0, labels), mode="inner") & (labels > 0)
         lut = np.concatenate([np.zeros((1, 3), np.uint8), colors])
         out[edge] = lut[np.clip(labels[edge], 0, n)]
         return out
@@ -110,7 +112,7 @@ def draw_nuclei(rgb, nuclei, scale=1.0, width=1):
     return np.asarray(img)
 
 
-def add_legend(rgb, entries, title=None, font_size=14):
+def add_legend(rgb, entries, title=None, font_size=14, notes=()):
     """``rgb`` with a legend panel on its right: a swatch, the name and the count per entry.
 
     Parameters
@@ -120,6 +122,8 @@ def add_legend(rgb, entries, title=None, font_size=14):
     entries : list of (str, (r, g, b), int)
     title : str, optional
         First line of the legend (e.g. the label set and the total count).
+    notes : sequence of str
+        Lines below the entries (e.g. "no tissue"), wrapped at 48 characters.
 
     Returns
     -------
@@ -129,13 +133,16 @@ def add_legend(rgb, entries, title=None, font_size=14):
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=font_size)
+    import textwrap
+
     lines = ([title] if title else []) + [f"{name} ({count})" for name, _, count in entries]
+    note_lines = [w for n in notes for w in textwrap.wrap(str(n), 48)]
     line_h = font_size + 6
     swatch = font_size
     pad = 8
     text_w = max((font.getbbox(t)[2] for t in lines), default=0)
-    legend_w = pad + swatch + pad + text_w + pad
-    legend_h = pad + line_h * len(lines) + pad
+    legend_w = max(pad + swatch + pad + text_w + pad, pad + max((font.getbbox(t)[2] for t in note_lines), default=0) + pad)
+    legend_h = pad + line_h * (len(lines) + len(note_lines) + bool(note_lines)) + pad
     h, w = rgb.shape[:2]
     canvas = Image.new("RGB", (w + legend_w, max(h, legend_h)), (255, 255, 255))
     canvas.paste(Image.fromarray(np.asarray(rgb, np.uint8)), (0, 0))
@@ -148,6 +155,10 @@ def add_legend(rgb, entries, title=None, font_size=14):
         draw.rectangle([w + pad, y + 2, w + pad + swatch, y + 2 + swatch], fill=tuple(int(v) for v in color),
                        outline=(0, 0, 0))
         draw.text((w + pad + swatch + pad, y), text, fill=(0, 0, 0), font=font)
+        y += line_h
+    y += line_h if note_lines else 0
+    for text in note_lines:
+        draw.text((w + pad, y), text, fill=(90, 90, 90), font=font)
         y += line_h
     return np.asarray(canvas)
 
@@ -182,7 +193,8 @@ def image_overlay(image, nuclei, max_side=4096):
         rgb = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
                                                      Image.Resampling.BILINEAR))
         scale = rgb.shape[1] / w
-    return add_legend(draw_nuclei(rgb, nuclei, scale=scale), legend_entries(nuclei), title=_title(nuclei))
+    width = 2 if min(h, w) * scale >= 512 else 1
+    return add_legend(draw_nuclei(rgb, nuclei, scale=scale, width=width), legend_entries(nuclei), title=_title(nuclei))
 
 
 def slide_overlay(nuclei):
@@ -207,10 +219,8 @@ def slide_overlay(nuclei):
         mask = _resize_mask(np.asarray(mask, bool), thumb.shape[:2])
         rgb = rgb.copy()
         rgb[find_boundaries(mask, mode="inner")] = 0
-    title = _title(nuclei)
-    if nuclei.info.get("note"):
-        title += f" ({nuclei.info['note']})"
-    return add_legend(rgb, legend_entries(nuclei), title=title)
+    notes = [n.strip() for n in str(nuclei.info.get("note") or "").split(";") if n.strip()]
+    return add_legend(rgb, legend_entries(nuclei), title=_title(nuclei), notes=notes)
 
 
 def _resize_mask(mask, shape):

@@ -303,6 +303,8 @@ def _row(path, name, kind, nuc, seconds, settings):
            "seconds": round(seconds, 3), "note": nuc.info.get("note", ""), "error": ""}
     if kind == "image" and row["tissue_area_px"] is None:
         row["tissue_area_px"] = int(np.prod(nuc.shape))  # an image is taken whole
+    if row["tissue_area_px"] is not None:
+        row["tissue_area_px"] = int(round(float(row["tissue_area_px"])))
     if row["mpp"] and row["tissue_area_px"] is not None:
         row["tissue_area_mm2"] = round(float(row["tissue_area_px"]) * float(row["mpp"]) ** 2 / 1e6, 6)
     if ls is not None:
