@@ -20,6 +20,18 @@ A reader module (one per dataset) defines
   ``SPLIT_FROM_FOLDER = True`` (the official split is read from folder names, so the
   conversion summary says which folder went to which split).
 
+Your own data has no fixed name or label set, so its readers are *parametric*: a class
+per format (:mod:`.folder`, :mod:`.qupath`, listed in
+:data:`stardist_hier.readers.registry.USER_FORMATS`), whose instances carry the attributes
+above for one conversion (``NAME`` the user's dataset name, ``LABEL_SET``, ``DOWNLOAD_URL =
+None``) plus ``HIERARCHY``, the hierarchy (``'default'`` or a YAML path) the label set
+belongs to (a module without it uses the default hierarchy). Such an object is passed to
+:func:`stardist_hier.readers.convert` in place of the dataset's name and travels to the
+worker processes by pickling; ``get_reader(obj)`` returns it unchanged, and
+``get_reader('folder')`` is an error pointing at
+:func:`stardist_hier.readers.registry.user_reader`. Their shared rules are in
+:mod:`.userdata`.
+
 Readers use numpy / scipy / scikit-image / tifffile only: no TensorFlow.
 """
 

@@ -110,8 +110,8 @@ def assign_validation(samples, val_fraction, seed, from_split="train"):
 
 def _process(task):
     """Worker: load, tile and write a chunk of samples; returns one result per sample."""
-    dataset, samples, out, size, stride, overwrite, class_ids, label_set, val_from = task
-    reader = get_reader(dataset)
+    ref, dataset, samples, out, size, stride, overwrite, class_ids, label_set, val_from = task
+    reader = get_reader(ref)  # a name, or the reader object itself (parametric readers: folder, qupath)
     cache = {}  # memory maps live for this chunk only, so their pages are released after it
     results = []
     try:
@@ -174,10 +174,15 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
 
     Parameters
     ----------
-    dataset : str
-        One of :data:`stardist_hier.readers.DATASETS`.
+    dataset : str or reader
+        One of :data:`stardist_hier.readers.DATASETS`, or a reader object (your own data:
+        :class:`stardist_hier.readers.folder.FolderReader`,
+        :class:`stardist_hier.readers.qupath.QuPathReader`). The object is sent to the worker
+        processes, so it must pickle; its ``NAME`` is the dataset folder, its ``HIERARCHY``
+        (if any) the hierarchy its ``LABEL_SET`` belongs to.
     src : str or path-like
-        The download folder (see the reader module of the dataset for the layouts).
+        The download folder (see the reader module of the dataset for the layouts; the
+        images folder of a :class:`~stardist_hier.readers.folder.FolderReader`).
     out : str or path-like
         Output root; patches go to ``<out>/<dataset>/<split>/``.
     stride : int
@@ -221,9 +226,11 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
     from ..hierarchy import ClassHierarchy
 
     reader = get_reader(dataset)
+    ref = dataset if isinstance(dataset, str) else reader  # what the workers look the reader up by
     dataset = reader.NAME
     label_set = reader.LABEL_SET
-    class_ids = list(ClassHierarchy.default().label_set(label_set).ids)
+    hierarchy = getattr(reader, "HIERARCHY", None) or "default"
+    class_ids = list(ClassHierarchy.resolve(hierarchy).label_set(label_set).ids)
     check_output_dir(out, "output folder")
     summary = Summary(dataset, str(out), label_set)
     bad, bad_sources = [], set()
@@ -252,7 +259,7 @@ def convert(dataset, src, out, stride=PATCH_SIZE, val_fraction=0.1, seed=0, over
     _clean_temp_files(out, dataset)
 
     chunk = max(1, int(getattr(reader, "CHUNK", 1)))
-    tasks = [(dataset, samples[i:i + chunk], str(out), PATCH_SIZE, stride, overwrite, class_ids, label_set, vf)
+    tasks = [(ref, dataset, samples[i:i + chunk], str(out), PATCH_SIZE, stride, overwrite, class_ids, label_set, vf)
              for i in range(0, len(samples), chunk)]
     rows = []
     bar = tqdm(total=len(samples), desc=dataset, unit="img", disable=not progress)
