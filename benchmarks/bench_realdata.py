@@ -151,9 +151,9 @@ def _f(x, nd=3):
     return "nan" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
 
-def format_markdown(rows, diffs, settings, command, reruns=None):
+def format_markdown(rows, diffs, settings, command, reruns=None, commands=None):
     """The summary as markdown."""
-    lines = [f"Command: `{command}`", "",
+    lines = [f"Summary written by: `{command}`", "",
              f"Settings: {json.dumps(R.asdict(settings), default=str)}", "",
              "| row | variant | training | n | bPQ mean (sd) | min-max | predicted nuclei (GT) | prob / nms thresh "
              "| hgsc classes conn/infl/malig | min per run |",
@@ -170,6 +170,9 @@ def format_markdown(rows, diffs, settings, command, reruns=None):
     for d in diffs:
         lines.append(f"| {d['a']} | {d['b']} | {d['n']} | {_f(d['mean_diff'])} | {_f(d['sd'])} "
                      f"| [{_f(d['ci95_lo'])}, {_f(d['ci95_hi'])}] |")
+    if commands:
+        lines += ["", "Commands of the runs (runs written before commands were recorded: not listed):", ""]
+        lines += [f"- `{c}`: {', '.join(vs)}" for c, vs in commands.items()]
     if reruns:
         lines += ["", "Reruns (same variant and seed, another process):", "",
                   "| variant | seed | tag | bPQ first | bPQ rerun | difference |", "|---|---|---|---|---|---|"]
@@ -239,7 +242,13 @@ def write_summary(out, settings, command):
             first.setdefault((r["variant"], int(r["seed"]), r["fingerprint"]), r["bPQ"])
     reruns = [(r["variant"], int(r["seed"]), r["tag"], first[(r["variant"], int(r["seed"]), r["fingerprint"])], r["bPQ"])
               for r in recs if r.get("tag", "") and (r["variant"], int(r["seed"]), r["fingerprint"]) in first]
-    md = format_markdown(rows, diffs, settings, command, reruns)
+    commands = {}
+    for r in recs:
+        if r.get("command"):
+            vs = commands.setdefault(r["command"], [])
+            if r["variant"] not in vs:
+                vs.append(r["variant"])
+    md = format_markdown(rows, diffs, settings, command, reruns, commands)
     atomic_write_text(Path(out) / "summary.md", md)
     atomic_write_text(Path(out) / "summary.csv", _csv(rows))
     atomic_write_text(Path(out) / "differences.csv", _csv(diffs))
@@ -328,7 +337,7 @@ def main(argv=None):
                 failed.append((name, seed))
                 continue
             rec.update(variant=name, seed=seed, tag=args.tag, fingerprint=fp, settings=R.asdict(settings),
-                       finished=time.strftime("%Y-%m-%d %H:%M:%S"), git=_git_head())
+                       finished=time.strftime("%Y-%m-%d %H:%M:%S"), git=_git_head(), command=command)
             append_result(out, rec)
             n_run += 1
             print(f"  {name} seed {seed}: bPQ {rec['bPQ']:.4f}, {rec['n_pred']} predicted of {rec['n_gt']}, "
