@@ -3,7 +3,7 @@
 :func:`predict_on_dask` submits one ``dask.distributed`` task per input to an existing
 cluster (``address='HOST:PORT'`` of its scheduler) or to a ``LocalCluster`` it starts on
 this machine (loopback only). Each worker process loads the model from its folder once and
-runs :func:`stardist_hier.predict.run.predict_file`, which writes the input's outputs under
+runs :func:`stardist_hier.predict.single.predict_file`, which writes the input's outputs under
 temporary names, renames them and writes the completion marker last. So:
 
 * a worker that dies (killed, out of memory) loses only the input it was working on; Dask
@@ -39,7 +39,7 @@ def default_workers():
 
 def _loader(folder):
     def load():
-        from .run import load_model
+        from .single import load_model
 
         if folder not in _MODELS:
             _MODELS[folder] = load_model(folder)
@@ -61,20 +61,21 @@ def predict_task(model_dir, path, name, out, settings, overwrite=False):
     path, name, out : str
         Input file, name of its outputs, output folder.
     settings : dict
-        The fields of a :class:`~stardist_hier.predict.run.PredictSettings`.
+        The fields of a :class:`~stardist_hier.predict.single.PredictSettings`.
     overwrite : bool
         Predict again even when complete.
     """
-    from .run import PredictSettings, _is_input_failure, _model_identity, failed_row, predict_file
+    from .single import PredictSettings, model_identity, predict_file
+    from .summary import failed_row, is_input_failure
 
     folder = str(Path(model_dir).resolve())
     try:
         if folder not in _IDS:
-            _IDS[folder] = _model_identity(folder)
+            _IDS[folder] = model_identity(folder)
         return predict_file(_loader(folder), path, out, PredictSettings(**settings), name=name, overwrite=overwrite,
                             _model_id=_IDS[folder])
     except Exception as e:
-        if not _is_input_failure(e):
+        if not is_input_failure(e):
             raise
         return failed_row(path, name, e)
 
@@ -116,7 +117,7 @@ def predict_on_dask(model_dir, paths, names, out, settings, address=None, n_work
         raise ImportError("--scheduler dask needs dask.distributed: pip install 'stardist-hier[dask]'") from None
     from tqdm.auto import tqdm
 
-    from .run import failed_row, report_row, write_summary
+    from .summary import failed_row, report_row, write_summary
 
     cluster = None
     if address:
