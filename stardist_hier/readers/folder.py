@@ -189,8 +189,9 @@ def read_class_table(path, stems, names):
         for line, row in enumerate(reader, start=2):
             if not any(c.strip() for c in row):
                 continue
-            if len(row) < len(cols):
-                raise ReaderError(path, f"line {line}: {len(row)} fields, the header has {len(cols)}")
+            if len(row) <= max(ii, ni, ci):
+                raise ReaderError(path, f"line {line}: {len(row)} fields, too few for the columns image, instance, "
+                                        "class of the header")
             image, inst, cls = row[ii].strip(), row[ni].strip(), row[ci].strip()
             stem = image if image in stems else file_stem(image)
             try:
@@ -288,6 +289,11 @@ class FolderReader(UserReader):
         maps, stray_maps = ({}, [])
         if self.class_maps is not None:
             maps, stray_maps = _pairs(imgs, require_dir(self.class_maps, "class-maps folder"), _CLASS_STEM)
+            # masks and class maps may share a folder (a_mask.tif beside a_class.tif)
+            used_maps = {f for fs in maps.values() for f in fs}
+            used_masks = {f for fs in masks.values() for f in fs}
+            stray = [f for f in stray if f not in used_maps]
+            stray_maps = [f for f in stray_maps if f not in used_masks]
         table = {}
         if self.classes is not None:
             table, unknown = read_class_table(self.classes, set(images), self.class_names(self.aliases))
@@ -348,7 +354,8 @@ class FolderReader(UserReader):
         if missing:
             if not self.allow_unclassified:
                 how = "no row in the class table" if cls is None else "class 0 over all their pixels"
-                raise ReaderError(where, f"{len(missing)} nuclei have {how}: instance id(s) "
+                who = "1 nucleus has" if len(missing) == 1 else f"{len(missing)} nuclei have"
+                raise ReaderError(where, f"{who} {how}: instance id(s) "
                                          f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; give them a class, "
                                          "or pass --allow-unclassified to keep them as nuclei of unknown class")
             notes["unclassified_nuclei"] = len(missing)
