@@ -153,8 +153,12 @@ def predict_tta(predict, img, n_rays, grid, transforms=TRANSFORMS):
             raise RuntimeError(f"test-time augmentation: a transformed prediction has {prob.shape} cells, "
                                f"expected {out_shape}")
         probs.append(prob)
-        dist_sum = dist.astype(np.float64) if dist_sum is None else dist_sum + dist
+        dist_sum = (dist if len(transforms) == 1 else dist.astype(np.float64)) if dist_sum is None else dist_sum + dist
         if prob_class is not None:
             pc = untransform_map(prob_class, t)[crop]
-            class_sum = pc.astype(np.float64) if class_sum is None else class_sum + pc
+            class_sum = (pc if len(transforms) == 1 else pc.astype(np.float64)) if class_sum is None else class_sum + pc
+    if len(transforms) == 1:
+        # plain prediction: the maps as they are, without the merge's float64 copies and median
+        return (np.asarray(probs[0], np.float32), np.asarray(dist_sum, np.float32),
+                None if class_sum is None else np.asarray(class_sum, np.float32))
     return merge(probs, dist_sum, class_sum, len(transforms))
