@@ -107,8 +107,8 @@ def tta_pad(shape, t, grid):
 def merge(probs, dist_sum, class_sum, n):
     """CoNIC 2022 merge: median of the object probabilities, mean of distances and classes."""
     prob = np.median(np.stack(probs, axis=0), axis=0).astype(np.float32)
-    dist = (dist_sum / n).astype(np.float32)
-    prob_class = None if class_sum is None else (class_sum / n).astype(np.float32)
+    dist = np.asarray(dist_sum, np.float32) / np.float32(n)
+    prob_class = None if class_sum is None else np.asarray(class_sum, np.float32) / np.float32(n)
     return prob, dist, prob_class
 
 
@@ -132,11 +132,14 @@ def predict_tta(predict, img, n_rays, grid, transforms=TRANSFORMS):
     -------
     tuple
         ``(prob, dist, prob_class)`` merged; ``prob_class`` is None for a model without classes.
-        Memory: the object probabilities of all transforms, plus one running sum of the
-        distances and one of the class probabilities.
+        Memory: the object probabilities of all transforms, plus one float32 running sum of
+        the distances and one of the class probabilities.
     """
     H, W = img.shape[:2]
     out_shape = tuple(-(-s // g) for s, g in zip((H, W), grid))
+    if list(transforms) == [(0, False)]:  # plain prediction: the maps as they are, no copies
+        res = predict(img)
+        return res[0], res[1], (res[2] if len(res) > 2 else None)
     probs, dist_sum, class_sum = [], None, None
     for t in transforms:
         pad = tta_pad((H, W), t, grid)
@@ -152,13 +155,19 @@ def predict_tta(predict, img, n_rays, grid, transforms=TRANSFORMS):
         if prob.shape != out_shape:
             raise RuntimeError(f"test-time augmentation: a transformed prediction has {prob.shape} cells, "
                                f"expected {out_shape}")
-        probs.append(prob)
-        dist_sum = (dist if len(transforms) == 1 else dist.astype(np.float64)) if dist_sum is None else dist_sum + dist
+        probs.append(np.ascontiguousarray(prob, np.float32))
+        # float32 running sums: 8 terms lose nothing that matters, and float64 would double a
+        # block's largest array
+        if dist_sum is None:
+            dist_sum = np.array(dist, np.float32)
+        else:
+            dist_sum += dist
+        del dist, res
         if prob_class is not None:
             pc = untransform_map(prob_class, t)[crop]
-            class_sum = (pc if len(transforms) == 1 else pc.astype(np.float64)) if class_sum is None else class_sum + pc
-    if len(transforms) == 1:
-        # plain prediction: the maps as they are, without the merge's float64 copies and median
-        return (np.asarray(probs[0], np.float32), np.asarray(dist_sum, np.float32),
-                None if class_sum is None else np.asarray(class_sum, np.float32))
+            if class_sum is None:
+                class_sum = np.array(pc, np.float32)
+            else:
+                class_sum += pc
+            del pc, prob_class
     return merge(probs, dist_sum, class_sum, len(transforms))
