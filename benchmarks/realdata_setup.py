@@ -379,7 +379,8 @@ def run_variant(variant, seed, data, settings, log=print):
         h = hist.history
         episodes.append(dict(data=list(ep.data), steps=epochs * settings.steps_per_epoch,
                              seconds=round(time.perf_counter() - t, 1),
-                             loss=float(h["loss"][-1]), val_loss=float(h["val_loss"][-1])))
+                             loss=float(h["loss"][-1]), val_loss=float(h["val_loss"][-1]),
+                             history_last={k: float(v[-1]) for k, v in h.items() if "loss" in k}))
         log(f"    episode {k + 1}: {episodes[-1]}")
     t_train = time.perf_counter() - t0
     if variant.tune:
