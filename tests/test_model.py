@@ -151,6 +151,42 @@ def test_super_class_labels_push_every_leaf_under_them(trained):
     # ... by the same amount per unit of its probability, not by the same amount
 
 
+def test_compiled_class_loss_with_focal_tversky_matches_numpy(trained):
+    """The compiled model's class loss (hierarchy: Eq. 2 + Eq. 4, weight 1 each) on one batch."""
+    model = trained["model"]
+    c = model.config
+    assert (c.train_class_ce_weight, c.train_focal_tversky_weight, c.train_focal_tversky_mode) == (1.0, 1.0, "pixelwise")
+    h = model.hierarchy
+    (Xb, Yb, Cb) = two_datasets()[1]
+    data = HierStarDistData2D(Xb[:2], Yb[:2], hierarchy=h, label_sets="pannuke", classes=Cb[:2], batch_size=2,
+                              n_rays=8, length=1, patch_size=(64, 64), grid=(2, 2))
+    np.random.seed(5)
+    (x,), targets = data[0]
+    got = model.keras_model.test_on_batch(x, targets, return_dict=True)["prob_class_loss"]
+    y = model.keras_model.predict(x, verbose=0)[2].astype(np.float64)
+    n_out = h.n_classes + 1
+    pannuke = h.label_set("pannuke")
+    # PanNuke's classes as sets of leaf channels (background: channel 0); leaves no class covers
+    classes = [[0]] + [list(h.leaf_channels(pannuke.nodes[k])) for k in pannuke.ids]
+    covered = sorted(ch for S in classes for ch in S)
+    alpha, gamma, eps = c.train_focal_tversky_alpha, c.train_focal_tversky_gamma, 1e-6
+    admitted = targets[2][..., :n_out]
+    total = 0.0
+    for idx in np.ndindex(admitted.shape[:-1]):
+        t = admitted[idx]
+        if t.min() < 0:
+            continue  # ignored pixel: no class loss
+        S = list(np.flatnonzero(t))
+        p = y[idx] / np.sum(y[idx] + 1e-7)
+        ce = -np.log(np.clip(p[S].sum(), 1e-7, 1 - 1e-7))  # class weights are all 1
+        k = next(i for i, cls in enumerate(classes) if sorted(cls) == S)
+        tp = y[idx][classes[k]].sum()
+        ti = (tp + len(classes) * eps) / (alpha + (1 - alpha) * y[idx][covered].sum() + eps)
+        total += ce + max(1 - ti, eps) ** gamma
+    ref = total / np.prod(admitted.shape[:-1])
+    assert got == pytest.approx(ref, rel=1e-4)
+
+
 def test_batch_mixing_and_per_dataset_validation(tmp_path):
     (Xa, Ya, Ca), (Xb, Yb, Cb) = two_datasets()
     model = HierStarDist2D(HierConfig2D(hierarchy="default", train_early_stopping_patience=5, **TINY),
@@ -306,3 +342,22 @@ def test_reinitialize_class_head_changes_only_the_head(trained, tmp_path):
     for layer in model.keras_model.layers:
         changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
         assert changed == (layer.name in ("features_class", "prob_class")) or not layer.get_weights()
+
+
+def test_prediction_options_travel_per_call_not_through_nms_kwargs(trained):
+    model = trained["model"]
+    # stock's NMS step is used as it is: nothing is smuggled into it
+    assert HierStarDist2D._instances_from_prediction is StarDist2D._instances_from_prediction
+    img = make_images(1, size=96, seed=7)[0][0]
+    nms_kwargs = dict(verbose=False)
+    _, a = model.predict_instances(img, prob_thresh=0.3, label_set="monusac", nms_kwargs=nms_kwargs)
+    assert nms_kwargs == dict(verbose=False)
+    # the generator (napari's entry point) yields stock's progress steps, then the result
+    steps = list(model._predict_instances_generator(img, prob_thresh=0.3, label_set="consep"))
+    assert steps[:1] == ["predict"] and "nms" in steps
+    labels, b = steps[-1]
+    assert b["label_set"] == "consep" and a["label_set"] == "monusac"
+    np.testing.assert_array_equal(b["class_prob"], a["class_prob"])
+    # return_predict and return_labels=False keep stock's shapes of the result
+    (none, c), predicted = model.predict_instances(img, prob_thresh=0.3, return_labels=False, return_predict=True)
+    assert none is None and len(predicted) == 3 and len(c["class_id"]) == len(a["class_id"])
