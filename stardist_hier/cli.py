@@ -28,6 +28,8 @@ COMMANDS = {
     "replay": ("stardist_hier.commands.replay", "replay rows of the paper's Tables II and III (all 17 by default)"),
     "export": ("stardist_hier.commands.export", "export a model with its class head for QuPath (frozen .pb), "
                "ONNX or a TF SavedModel"),
+    "predict": ("stardist_hier.commands.predict", "segment and classify your own images and whole slides: "
+                "QuPath GeoJSON, tables, overlays"),
 }
 
 
