@@ -126,6 +126,12 @@ def test_objects_larger_than_the_overlap_are_kept_once(model, thresh):
     assert d.min() > 1.0
 
 
+def test_default_context_is_the_receptive_field(model):
+    ctx = default_context(model)  # wraps model._axes_tile_overlap: fails loudly if it changes
+    assert len(ctx) == 2 and all(isinstance(c, int) and 8 <= c <= 256 for c in ctx)
+    assert block_grid(model) == (8, 8)  # 2 ** unet_n_depth * grid
+
+
 def test_cover_of_small_and_odd_images():
     for shape in [(50, 70), (300, 129), (515, 700)]:
         blocks = cover(shape, 256, 32, 24, (2, 2))

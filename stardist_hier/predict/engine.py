@@ -278,8 +278,9 @@ def predict_slide(model, path, label_set=None, levels=False, tta=False, mpp=None
     mask : str, path-like or numpy.ndarray, optional
         Tissue mask (non-zero = tissue) covering the slide at any scale; default: Otsu on a
         thumbnail (:func:`stardist_hier.predict.tissue.tissue_mask`).
-    block_size : int
-        Pixels per block side at the working resolution; memory is bounded by it.
+    block_size : int or None
+        Pixels per block side at the working resolution (None: :data:`DEFAULT_BLOCK_SIZE`);
+        memory is bounded by it.
     thumbnail_size : int
         Longer side of the thumbnail for the tissue mask and the normalisation percentiles.
     backend : {'auto', 'openslide', 'tiffslide'}
@@ -319,7 +320,8 @@ def predict_slide(model, path, label_set=None, levels=False, tta=False, mpp=None
         if note:
             info["note"] = note
         info["normalization"] = (norm[0].tolist(), norm[1].tolist())
-        blocks = cover((Hw, Ww), block_size, min_overlap, ctx, block_grid(model))
+        bs = DEFAULT_BLOCK_SIZE if block_size is None else int(block_size)
+        blocks = cover((Hw, Ww), bs, min_overlap, ctx, block_grid(model))
         f = ds / thumb_ds  # thumbnail pixels per working pixel
         todo = [b for b in blocks if _touches(tissue, b, f)]
         info["blocks_total"], info["blocks"] = len(blocks), len(todo)
