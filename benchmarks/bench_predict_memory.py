@@ -115,8 +115,8 @@ def child(args):
     from stardist_hier.predict.engine import predict_image, predict_slide
 
     model = HierStarDist2D(None, name="model", basedir=str(args.out))
-    # warm-up: TensorFlow's allocations for one block (glass: no nuclei to suppress)
-    predict_image(model, np.full((args.block_size, args.block_size, 3), 240, np.uint8), normalize=False,
+    # warm-up: TensorFlow's allocations for one block (no candidate nuclei to suppress)
+    predict_image(model, np.full((args.block_size, args.block_size, 3), 240, np.uint8), prob_thresh=1.0,
                   block_size=args.block_size)
     base = rss_mb()
     base_peak = peak_rss_mb()
