@@ -28,6 +28,9 @@ id); an instance whose pixels all have class 0 is *unlabelled*: it counts in cla
 metrics and in no class. Negative GT instance ids mark ignore regions (MoNuSAC "Ambiguous"):
 they are not GT instances, and a predicted instance with more than half of its pixels on
 negative-id pixels is dropped (counted in ``n_pred_ignored``) before matching.
+:func:`evaluate_image` can also set aside given predicted instances that match no GT nucleus
+(``set_aside``, counted in ``n_pred_unannotated``): :func:`evaluate_folder` does so for nuclei
+predicted mostly in classes a non-exhaustive label set does not annotate.
 
 Conventions and their empty-case rules
 --------------------------------------
@@ -98,7 +101,10 @@ Modules
 * :mod:`~stardist_hier.metrics.conventions` -- the conventions over a set of images
   (:func:`summarize`, :func:`per_image_frame`, :func:`evaluate_arrays`, :func:`r2_score`);
 * :mod:`~stardist_hier.metrics.folder` -- scoring a split of the patch folders against a model
-  or saved predictions (:func:`evaluate_folder`, :func:`write_results`).
+  or saved predictions (:func:`evaluate_folder`), nuclei of classes a dataset does not
+  annotate set aside (``n_pred_unannotated``);
+* :mod:`~stardist_hier.metrics.report` -- its outputs (:func:`write_results`,
+  :func:`format_summary`) and the names of the conventions.
 """
 
 from .classes import class_id_map, instance_classes, label_set_class_ids

@@ -58,8 +58,8 @@ def _stack(counts):
         if c.class_ids != class_ids:
             raise MetricsError(f"{_where(c.name)}class ids {c.class_ids} differ from {class_ids} of the first image {counts[0].name!r}")
     get = lambda a: np.array([getattr(c, a) for c in counts])  # noqa: E731
-    return class_ids, {a: get(a) for a in ("n_gt", "n_pred", "n_pred_ignored", "tp", "sum_iou", "n_gt_c",
-                                           "n_pred_c", "tp_c", "sum_iou_c", "pairs")}
+    return class_ids, {a: get(a) for a in ("n_gt", "n_pred", "n_pred_ignored", "n_pred_unannotated", "tp", "sum_iou",
+                                           "n_gt_c", "n_pred_c", "tp_c", "sum_iou_c", "pairs")}
 
 
 def _per_image_values(a):
@@ -120,7 +120,8 @@ def summarize(counts, class_names=None):
     dict
         Flat mapping of metric name to value (see :mod:`stardist_hier.metrics` for the
         names and their empty-case rules), plus ``n_images``, ``n_gt_nuclei``, ``n_pred_nuclei``,
-        ``n_pred_ignored``, ``n_tissues``, per-class ``n_gt_<class>`` and ``n_pred_<class>``.
+        ``n_pred_ignored``, ``n_pred_unannotated`` (predictions set aside, see
+        :func:`evaluate_image`), ``n_tissues``, per-class ``n_gt_<class>`` and ``n_pred_<class>``.
     """
     class_ids, a = _stack(counts)
     names = list(class_names) if class_names is not None else [f"class_{c}" for c in class_ids]
@@ -134,7 +135,7 @@ def summarize(counts, class_names=None):
     FP, FN = N_PRED - TP, N_GT - TP
     out = dict(
         n_images=len(counts), n_gt_nuclei=N_GT, n_pred_nuclei=N_PRED, n_pred_ignored=int(a["n_pred_ignored"].sum()),
-        n_tissues=len(set(tissues)),
+        n_pred_unannotated=int(a["n_pred_unannotated"].sum()), n_tissues=len(set(tissues)),
         bPQ_pannuke_tissue=_tissue_mean(v["bpq_pannuke"], tissues),
         bPQ_pannuke_image=float(_nanmean(v["bpq_pannuke"])),
         mPQ_pannuke_tissue=_tissue_mean(v["mpq_pannuke"], tissues),
@@ -181,7 +182,7 @@ def summarize(counts, class_names=None):
 def per_image_frame(counts, class_names=None):
     """One row per image: counts and per-image values of each convention.
 
-    Columns: ``image``, ``tissue``, ``n_gt``, ``n_pred``, ``n_pred_ignored``, ``tp``, ``fp``,
+    Columns: ``image``, ``tissue``, ``n_gt``, ``n_pred``, ``n_pred_ignored``, ``n_pred_unannotated``, ``tp``, ``fp``,
     ``fn``, ``sum_iou`` (rule ``'>'``), ``tp_ge``, ``sum_iou_ge`` (rule ``'>='``),
     ``bPQ_pannuke`` (nan without GT), ``PQ_conic``, ``PQ_stardist``, ``mPQ_pannuke``, and per
     class ``n_gt_<class>``, ``n_pred_<class>``, ``tp_<class>``, ``PQ_<class>`` (nan without GT
@@ -199,7 +200,7 @@ def per_image_frame(counts, class_names=None):
     cols = dict(
         image=[c.name for c in counts], tissue=[c.tissue for c in counts],
         n_gt=a["n_gt"], n_pred=a["n_pred"], n_pred_ignored=a["n_pred_ignored"],
-        tp=a["tp"][:, 0], fp=a["n_pred"] - a["tp"][:, 0], fn=a["n_gt"] - a["tp"][:, 0], sum_iou=a["sum_iou"][:, 0],
+        n_pred_unannotated=a["n_pred_unannotated"], tp=a["tp"][:, 0], fp=a["n_pred"] - a["tp"][:, 0], fn=a["n_gt"] - a["tp"][:, 0], sum_iou=a["sum_iou"][:, 0],
         tp_ge=a["tp"][:, 1], sum_iou_ge=a["sum_iou"][:, 1],
         bPQ_pannuke=v["bpq_pannuke"], PQ_conic=v["pq_conic"], PQ_stardist=v["pq_stardist"], mPQ_pannuke=v["mpq_pannuke"],
     )

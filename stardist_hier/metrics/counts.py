@@ -29,8 +29,8 @@ class ImageCounts:
     class_ids : tuple of int
         Label-set class ids, in the order of the class axes.
     n_gt, n_pred, n_pred_ignored : int
-        GT instances, predicted instances (after dropping those in ignore regions), dropped
-        predictions.
+        GT instances, predicted instances (after dropping those in ignore regions and those
+        set aside), dropped predictions.
     tp : numpy.ndarray
         ``(2,)`` class-agnostic matches.
     sum_iou : numpy.ndarray
@@ -45,6 +45,9 @@ class ImageCounts:
     pairs_centroid : numpy.ndarray or None
         ``(K + 1, K + 1)`` like ``pairs``, for HoVer-Net's centroid pairing (when a
         ``centroid_radius`` was given).
+    n_pred_unannotated : int
+        Predicted instances set aside (``set_aside`` of :func:`evaluate_image`): neither true
+        nor false positives.
     """
 
     name: str
@@ -61,6 +64,7 @@ class ImageCounts:
     pairs: np.ndarray
     tissue: object = field(default=None)
     pairs_centroid: np.ndarray = field(default=None)
+    n_pred_unannotated: int = field(default=0)
 
     @property
     def fp(self):
@@ -82,8 +86,23 @@ def _split_channels(a, what, name):
     return a, None
 
 
+def _set_aside(gt, pred, set_aside, thresh, name):
+    """``pred`` without the ``set_aside`` instances that have no GT candidate; how many went."""
+    ids = np.unique(np.asarray(list(set_aside) if isinstance(set_aside, (set, frozenset)) else set_aside,
+                               np.int64).ravel())
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return pred, 0
+    m = _match_core(gt, pred, thresh, name)
+    with_gt = m["p_ids"][m["pj"][m["cand"][RULES.index(">=")]]]  # the looser rule: a candidate under either
+    drop = ids[np.isin(ids, m["p_ids"]) & ~np.isin(ids, with_gt)]  # present (not in an ignore region), no GT
+    if drop.size == 0:
+        return pred, 0
+    return np.where(np.isin(pred, drop), 0, pred), int(drop.size)
+
+
 def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thresh=0.5, name="", tissue=None,
-                   centroid_radius=None):
+                   centroid_radius=None, set_aside=None):
     """Counts of one image for every convention.
 
     Parameters
@@ -109,6 +128,13 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
         Also pair nuclei as HoVer-Net's ``compute_stats.py`` does for its detection and
         classification F1: an optimal assignment of GT to predicted centroids by Euclidean
         distance, keeping pairs at most this many pixels apart (HoVer-Net: 12 at 40x).
+    set_aside : sequence of int, optional
+        Predicted instance ids that may be *set aside*: those of them with no GT candidate
+        (IoU at or above ``thresh`` with some GT instance) are removed before the matching,
+        as predictions in ignore regions are, and counted in ``n_pred_unannotated`` instead
+        of as false positives (e.g. nuclei predicted mostly in classes the dataset does not
+        annotate, :meth:`stardist_hier.hierarchy.LabelSet.is_unannotated`). One that
+        matches a GT nucleus is kept: it was annotated, so it is scored.
 
     Returns
     -------
@@ -124,6 +150,9 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
     pred, pcls_map = _split_channels(pred, "prediction", name)
     gt_class = gcls_map if gt_class is None else gt_class
     pred_class = pcls_map if pred_class is None else pred_class
+    n_unannotated = 0
+    if set_aside is not None:
+        pred, n_unannotated = _set_aside(gt, pred, set_aside, thresh, name)
     m = _match_core(gt, pred, thresh, name)
     ng, np_ = m["ng"], m["np"]
 
@@ -191,7 +220,7 @@ def evaluate_image(gt, pred, gt_class=None, pred_class=None, class_ids=None, thr
     return ImageCounts(
         name=str(name), class_ids=class_ids, n_gt=ng, n_pred=np_, n_pred_ignored=m["n_ignored"],
         tp=tp, sum_iou=s, n_gt_c=np.bincount(gk[gk >= 0], minlength=K), n_pred_c=np.bincount(pk[pk >= 0], minlength=K),
-        tp_c=tp_c, sum_iou_c=s_c, pairs=pairs, tissue=tissue,
+        tp_c=tp_c, sum_iou_c=s_c, pairs=pairs, tissue=tissue, n_pred_unannotated=n_unannotated,
         pairs_centroid=None if centroid_radius is None else _centroid_pairs(m, gk, pk, K, centroid_radius, gt.shape),
     )
 

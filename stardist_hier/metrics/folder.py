@@ -20,6 +20,24 @@ Scoring at another label set maps GT ids up the hierarchy
 (:func:`stardist_hier.metrics.class_id_map`); it fails if that label set is finer than the
 dataset's. Tissue labels for PanNuke's tissue averages come from ``index.csv``.
 
+Nuclei the dataset does not annotate
+------------------------------------
+A label set may declare nodes it does not annotate (``exhaustive: false`` or
+``unannotated:``, e.g. MoNuSAC): such nuclei are background in its masks, so a correctly found
+fibroblast would count as a false positive. In model mode, a predicted nucleus whose
+foreground probability lies mostly on those leaves
+(:meth:`stardist_hier.hierarchy.LabelSet.is_unannotated` of ``details['class_prob']``, the
+dataset's own label set) and that matches no GT nucleus is *set aside*: removed before the
+matching, as predictions in ignore regions are, and counted in ``n_pred_unannotated``. Both
+scores are reported: the summary's metrics are with the set-aside, and every key of
+:data:`CONVENTIONS` (plus ``n_pred_nuclei``, ``precision_det``, ``recall_det``) again with
+the suffix ``_no_set_aside``, scored as if nothing were set aside. ``unannotated_set_aside``
+says which case applied: ``'applied'``, ``'exhaustive'`` (the label set annotates every
+nucleus: nothing to set aside), ``'off'`` (``set_aside_unannotated=False``) or
+``'unavailable'``: saved prediction TIFFs hold class ids only (the unannotated classes have
+none), and a model without ``details['class_prob']`` gives no probabilities, so nothing is
+set aside there (both scores are the same).
+
 Outputs (each written to a temporary name, then renamed): ``<stem>_per_image.csv``,
 ``<stem>_summary.csv`` (one row, every convention side by side) and ``<stem>_summary.json``
 (the same values, nan as ``null``, plus the settings), with ``stem = <dataset>_<split>`` and
@@ -35,15 +53,17 @@ from pathlib import Path
 import numpy as np
 
 from .. import patches as P
-from ..atomic import atomic_save, atomic_write_json, atomic_write_text
+from ..atomic import atomic_save
 from ..hierarchy import ClassHierarchy, HierarchyError
 from ..patches import normalize_image
 from .classes import class_id_map, instance_classes
 from .conventions import per_image_frame, summarize
 from .counts import evaluate_image
+from .report import CONVENTIONS, HEADLINE_METRICS, NO_SET_ASIDE, format_summary, write_results
 
 __all__ = ["EvaluationError", "EvaluationResult", "read_prediction", "write_prediction",
-           "find_datasets", "evaluate_folder", "write_results", "format_summary", "CONVENTIONS", "HEADLINE_METRICS"]
+           "find_datasets", "evaluate_folder", "write_results", "format_summary", "CONVENTIONS", "HEADLINE_METRICS",
+           "NO_SET_ASIDE"]
 
 
 class EvaluationError(ValueError):
@@ -229,7 +249,7 @@ class EvaluationResult:
 
 def evaluate_folder(data, split="test", dataset=None, predictions=None, model=None, label_set=None,
                     hierarchy=None, thresh=0.5, progress=True, save_predictions=None, predict_kwargs=None,
-                    centroid_radius=12.0):
+                    centroid_radius=12.0, set_aside_unannotated=True):
     """Score one dataset split against a model or saved predictions.
 
     Parameters
@@ -263,6 +283,10 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
         Model mode: also write each prediction as a TIFF here (the saved-prediction layout).
     predict_kwargs : dict, optional
         Extra keyword arguments of ``predict_instances``.
+    set_aside_unannotated : bool
+        Model mode at a non-exhaustive label set: set aside predicted nuclei mostly in the
+        classes it does not annotate (module docstring, "Nuclei the dataset does not
+        annotate"); both scores are reported either way.
 
     Returns
     -------
@@ -326,7 +350,17 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
 
     class_ids = eval_ls.ids if eval_ls is not None else ()
     class_names = [eval_ls.nodes[c] for c in class_ids] if eval_ls is not None else []
-    counts = []
+    # what the dataset does not annotate: its own label set's declaration
+    unannotated_ls = gt_ls if gt_ls is not None else eval_ls
+    if unannotated_ls is None or unannotated_ls.exhaustive:
+        set_aside_state = "exhaustive"
+    elif not set_aside_unannotated:
+        set_aside_state = "off"
+    elif predictions is not None:
+        set_aside_state = "unavailable"
+    else:
+        set_aside_state = "applied"
+    counts, counts_all = [], []
     for pid in tqdm(ids, desc=f"evaluate {dataset}/{split}", unit="img", disable=not progress):
         mpath = P.patch_path(root, dataset, split, "masks", pid)
         image, mask = P.read_patch(root, dataset, split, pid)
@@ -365,9 +399,18 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
                 pred_cls[1:len(per) + 1] = per  # instance i + 1 is row i of details
             if save_predictions is not None:
                 write_prediction(Path(save_predictions) / f"{pid}.tif", pred_inst, pred_cls)
-        counts.append(evaluate_image(gt_inst, pred_inst, gt_cls, pred_cls, class_ids, thresh, name=where,
-                                     tissue=tissues.get(pid), centroid_radius=centroid_radius))
-        counts[-1].name = pid
+        set_aside = None
+        if set_aside_state == "applied":
+            prob = details.get("class_prob")
+            if prob is None:
+                set_aside_state = "unavailable"
+            else:
+                set_aside = np.flatnonzero(unannotated_ls.is_unannotated(np.asarray(prob, np.float64))) + 1
+        ekw = dict(name=where, tissue=tissues.get(pid), centroid_radius=centroid_radius)
+        counts_all.append(evaluate_image(gt_inst, pred_inst, gt_cls, pred_cls, class_ids, thresh, **ekw))
+        counts.append(evaluate_image(gt_inst, pred_inst, gt_cls, pred_cls, class_ids, thresh, set_aside=set_aside, **ekw)
+                      if set_aside is not None and set_aside.size else counts_all[-1])
+        counts_all[-1].name = counts[-1].name = pid
 
     summary = dict(
         dataset=dataset, split=split, label_set=eval_ls.name if eval_ls is not None else None,
@@ -375,99 +418,11 @@ def evaluate_folder(data, split="test", dataset=None, predictions=None, model=No
         centroid_radius=None if centroid_radius is None else float(centroid_radius),
         source=str(predictions) if predictions is not None else f"model {getattr(model, 'name', type(model).__name__)}",
         classes=", ".join(f"{c}={n}" for c, n in zip(class_ids, class_names)),
+        unannotated_set_aside=set_aside_state,
     )
     summary.update(summarize(counts, class_names))
+    everything = summarize(counts_all, class_names)
+    for key in (*CONVENTIONS, "n_pred_nuclei", "precision_det", "recall_det"):
+        if key in everything:
+            summary[f"{key}{NO_SET_ASIDE}"] = everything[key]
     return EvaluationResult(summary, per_image_frame(counts, class_names), counts, class_names)
-
-
-def _json_value(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return None if math.isnan(v) else float(v)
-    return v
-
-
-def write_results(result, out):
-    """Write the per-image CSV and the summary CSV and JSON of a result into ``out``.
-
-    Returns
-    -------
-    dict
-        ``{'per_image': path, 'summary_csv': path, 'summary_json': path}``.
-    """
-    import pandas as pd
-
-    out = Path(out)
-    stem = result.stem
-    paths = dict(per_image=out / f"{stem}_per_image.csv", summary_csv=out / f"{stem}_summary.csv",
-                 summary_json=out / f"{stem}_summary.json")
-    atomic_write_text(paths["per_image"], result.per_image.to_csv(index=False))
-    atomic_write_text(paths["summary_csv"], pd.DataFrame([result.summary]).to_csv(index=False))
-    doc = {k: _json_value(v) for k, v in result.summary.items()}  # nan -> null: NaN is not JSON
-    doc["conventions"] = CONVENTIONS
-    atomic_write_json(paths["summary_json"], doc)
-    return paths
-
-
-#: one line per reported convention: (key, matching rule, how it is aggregated)
-CONVENTIONS = {
-    "bPQ_pannuke_tissue": "IoU>0.5; per-image class-agnostic PQ (nan without GT), nanmean per tissue, then over tissues (PanNuke)",
-    "bPQ_pannuke_image": "IoU>0.5; same per-image values, nanmean over images",
-    "mPQ_pannuke_tissue": "IoU>0.5; per image nanmean over classes with GT, nanmean per tissue, then over tissues (PanNuke)",
-    "mPQ_pannuke_image": "IoU>0.5; same per-image mPQ, nanmean over images",
-    "PQ_conic": "IoU>0.5; per-image class-agnostic PQ (0 when empty), mean over images (CoNIC 'PQ')",
-    "mPQ+_conic": "IoU>0.5; per-class TP/FP/FN/IoU summed over the set, mean over all classes (CoNIC)",
-    "R2_conic": "R^2 of per-image class counts, mean over classes (CoNIC)",
-    "PQ_stardist_image": "IoU>=0.5; per-image PQ (0 when empty), mean (stardist matching_dataset by_image=True)",
-    "PQ_stardist_summed": "IoU>=0.5; counts summed over the set (stardist matching_dataset by_image=False)",
-    "DQ_summed": "IoU>0.5; class-agnostic counts summed over the set",
-    "SQ_summed": "IoU>0.5; class-agnostic counts summed over the set",
-    "F1_det": "IoU>0.5; detection F1 from summed counts",
-    "acc_class": "IoU>0.5; share of matched pairs with the right class",
-    "F1_class_mean": "IoU>0.5; HoVer-Net classification F1 per class (weights 2,2,1,1), mean over classes",
-    "F1_det_centroid": "HoVer-Net detection F1: centroids paired within centroid_radius px",
-    "acc_class_centroid": "HoVer-Net accuracy over the centroid pairs",
-    "F1_class_centroid_mean": "HoVer-Net classification F1 on the centroid pairs, mean over classes",
-}
-
-#: the headline numbers every table, log line and benchmark of the package reports, in this
-#: order: ``(column label, summary key of CONVENTIONS)``. The one list of metric names: the
-#: runner's log line, the demo table, the claim benchmark and the paper tables read it.
-HEADLINE_METRICS = (
-    ("bPQ", "bPQ_pannuke_tissue"),
-    ("mPQ", "mPQ_pannuke_tissue"),
-    ("mPQ+", "mPQ+_conic"),
-    ("PQ (CoNIC)", "PQ_conic"),
-)
-
-
-def format_summary(result):
-    """The summary as text: one table of conventions, one of per-class values."""
-    import pandas as pd
-
-    s = result.summary
-    head = (f"{s['dataset']} / {s['split']} at label set {s['label_set']}: {s['n_images']} images, "
-            f"{s['n_gt_nuclei']} GT nuclei, {s['n_pred_nuclei']} predicted"
-            + (f" ({s['n_pred_ignored']} more dropped in ignore regions)" if s["n_pred_ignored"] else "")
-            + f", {s['n_tissues']} tissue(s)")
-    rows = [(k, s[k], v) for k, v in CONVENTIONS.items() if k in s]
-    conv = pd.DataFrame(rows, columns=["metric", "value", "convention"])
-    width = max(len(v) for v in CONVENTIONS.values())
-    lines = [head, "", conv.to_string(index=False, float_format=lambda x: f"{x:.4f}", justify="left",
-                                      formatters={"metric": lambda x: f"{x:<18}",
-                                                  "convention": lambda x: f" {x:<{width}}"})]
-    if result.class_names:
-        per = pd.DataFrame({
-            "class": result.class_names,
-            "PQ+ (CoNIC)": [s[f"PQ+_{n}"] for n in result.class_names],
-            "PQ (PanNuke)": [s[f"PQ_pannuke_{n}"] for n in result.class_names],
-            "F1 class": [s[f"F1_class_{n}"] for n in result.class_names],
-            **({"F1 class (centroid)": [s[f"F1_class_centroid_{n}"] for n in result.class_names]}
-               if f"F1_class_centroid_{result.class_names[0]}" in s else {}),
-            "R2": [s[f"R2_{n}"] for n in result.class_names],
-            "n_gt": [s[f"n_gt_{n}"] for n in result.class_names],
-            "n_pred": [s[f"n_pred_{n}"] for n in result.class_names],
-        })
-        lines += ["", per.to_string(index=False, float_format=lambda x: f"{x:.4f}")]
-    return "\n".join(lines)

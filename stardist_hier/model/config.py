@@ -20,7 +20,7 @@ from numbers import Integral, Real
 from stardist.models import Config2D
 
 from ..hierarchy import ClassHierarchy, HierarchyError
-from .losses import FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA
+from .losses import COARSE_LABEL_MODES, FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA, NORMALIZATIONS, UNANNOTATED_MODES
 
 __all__ = ["HierConfig2D", "HIER_CONFIG_DEFAULTS", "RESOLVED_DEFAULTS", "LEAVES"]
 
@@ -35,6 +35,11 @@ HIER_CONFIG_DEFAULTS = dict(
     train_focal_tversky_alpha=FOCAL_TVERSKY_ALPHA,
     train_focal_tversky_gamma=FOCAL_TVERSKY_GAMMA,
     train_focal_tversky_mode="pixelwise",
+    train_class_loss_normalization="pixels",
+    train_coarse_label_mode="sum",
+    train_unannotated_mode="background",
+    train_focal_tversky_uncovered_fp=False,
+    trained_label_counts=None,
     train_early_stopping_patience=None,
     predict_class_from=None,
     default_label_set=None,
@@ -92,6 +97,40 @@ class HierConfig2D(Config2D):
     train_focal_tversky_mode : str
         ``'pixelwise'`` (paper Eq. 4, per pixel) or ``'classwise'`` (per label-set class,
         summed over the pixels of each image, Abraham & Khan 2019).
+    train_class_loss_normalization : str
+        ``'pixels'`` (default): the class loss is a mean over every pixel of the batch,
+        ignored pixels counted as zeros (stock StarDist), so a sample's weight grows with
+        its number of valid pixels (a dataset with large ignore regions or unknown classes
+        weighs less). ``'per_sample'``: the mean over samples of each sample's mean over its
+        valid pixels (:func:`stardist_hier.model.losses.hierarchical_class_loss`). The
+        weight of the class loss against the object and distance losses is the third entry
+        of ``train_loss_weights``.
+    train_coarse_label_mode : str
+        ``'sum'`` (default, the paper's loss): a label at an inner node pushes each leaf
+        under it in proportion to its probability at the logits, so the leading leaf takes
+        the node over. ``'equal_logit'``: the leaves of every class of a sample's label set
+        receive equal shares of the class's gradient at the logits, so a coarse or root label
+        moves the node's total probability and keeps the split among its leaves
+        (:func:`stardist_hier.model.losses.equal_logit_view`). Leaf labels train the same in
+        both modes.
+    train_unannotated_mode : str
+        ``'background'`` (default): background pixels are background, also for a label set
+        that declares nuclei it does not annotate (``exhaustive: false`` or
+        ``unannotated:``). ``'marginal'``: at background pixels of such a sample the class
+        loss admits background or any unannotated leaf (Fidon et al.'s marginal label-set
+        loss; :class:`stardist_hier.model.targets.ClassTargetEncoder`).
+    train_focal_tversky_uncovered_fp : bool
+        ``False`` (default, paper Eq. 4 as written): probability on leaves the sample's
+        label set does not cover is no false positive of the pixelwise focal Tversky term.
+        ``True``: it counts as one (needs ``train_focal_tversky_mode='pixelwise'``).
+    trained_label_counts : dict or None
+        Written by :meth:`HierStarDist2D.train`, not a parameter to set: per hierarchy node,
+        the number of nuclei labelled at that node in the training images of every ``train``
+        call so far (:func:`stardist_hier.model.class_rule.count_training_labels`). A class
+        of a label set with no count at or below its node was never trained: predictions
+        list it in ``details['untrained_classes']`` and warn
+        (:class:`stardist_hier.model.class_rule.UntrainedClassWarning`). ``None``: no record
+        (a model trained before the record existed, or never trained); no marking.
     train_early_stopping_patience : int or None
         Stop a :meth:`HierStarDist2D.train` call when ``val_loss`` has not improved for
         this many epochs (the paper monitors validation loss); ``None`` disables it.
@@ -153,6 +192,13 @@ class HierConfig2D(Config2D):
             "train_focal_tversky_alpha": 0 < self.train_focal_tversky_alpha < 1,
             "train_focal_tversky_gamma": self.train_focal_tversky_gamma > 0,
             "train_focal_tversky_mode": self.train_focal_tversky_mode in ("pixelwise", "classwise"),
+            "train_class_loss_normalization": self.train_class_loss_normalization in NORMALIZATIONS,
+            "train_coarse_label_mode": self.train_coarse_label_mode in COARSE_LABEL_MODES,
+            "train_unannotated_mode": self.train_unannotated_mode in UNANNOTATED_MODES,
+            "train_focal_tversky_uncovered_fp": isinstance(self.train_focal_tversky_uncovered_fp, bool)
+            and not (self.train_focal_tversky_uncovered_fp and self.train_focal_tversky_weight > 0
+                     and self.train_focal_tversky_mode != "pixelwise"),
+            "trained_label_counts": self._label_counts_ok(),
             "train_early_stopping_patience": self.train_early_stopping_patience is None
             or (isinstance(self.train_early_stopping_patience, Integral) and self.train_early_stopping_patience >= 1),
             "predict_class_from": self.predict_class_from in ("instance", "center"),
@@ -165,6 +211,20 @@ class HierConfig2D(Config2D):
         invalid = tuple(invalid) + tuple(k for k, good in checks.items() if not good)
         ok = len(invalid) == 0
         return (ok, invalid) if return_invalid else ok
+
+    def _label_counts_ok(self):
+        counts = self.trained_label_counts
+        if counts is None:
+            return True
+        if not isinstance(counts, dict):
+            return False
+        if not all(isinstance(k, str) and isinstance(v, Integral) and not isinstance(v, bool) and v >= 0
+                   for k, v in counts.items()):
+            return False
+        if self.n_classes is None:
+            return False
+        h = ClassHierarchy.from_dict(self.hierarchy) if self.hierarchy is not None else ClassHierarchy.flat(self.n_classes)
+        return set(counts) <= set(h.nodes)
 
     def _default_label_set_ok(self):
         name = self.default_label_set

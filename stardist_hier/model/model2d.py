@@ -23,7 +23,7 @@ from .class_rule import CLASS_FROM, PER_INSTANCE_KEYS, add_class_details, instan
 from .config import LEAVES, HierConfig2D
 from .folder import read_config, weights_files, write_config_files
 from .inputs import warn_if_unnormalized
-from .losses import hierarchical_class_loss
+from .losses import class_loss_from_config
 from .training import train_model
 
 __all__ = ["HierStarDist2D"]
@@ -203,11 +203,7 @@ class HierStarDist2D(StarDist2D):
 
     def class_loss(self):
         """The hierarchical class loss configured for this model."""
-        c = self.config
-        return hierarchical_class_loss(c.train_class_weights, c.n_classes + 1, ce_weight=c.train_class_ce_weight,
-                                       focal_tversky_weight=c.train_focal_tversky_weight,
-                                       alpha=c.train_focal_tversky_alpha, gamma=c.train_focal_tversky_gamma,
-                                       mode=c.train_focal_tversky_mode)
+        return class_loss_from_config(self.config)
 
     def prepare_for_training(self, optimizer=None):
         """Compile as stock StarDist, then again with the hierarchical class loss (:mod:`.compiling`)."""
@@ -365,7 +361,8 @@ class HierStarDist2D(StarDist2D):
             details["class_prob"] = instance_class_prob(labels, prob, prob_class, details["class_prob"],
                                                         self.config.grid,
                                                         self._scale_yx(img, kw.get("axes"), kw.get("scale")))
-        add_class_details(details, ls, self.hierarchy.leaf_label_set(), class_from)
+        add_class_details(details, ls, self.hierarchy.leaf_label_set(), class_from,
+                          label_counts=getattr(self.config, "trained_label_counts", None))
         if not want_labels:
             labels = None
         yield ((labels, details), predicted) if want_predict else (labels, details)
@@ -424,5 +421,6 @@ class HierStarDist2D(StarDist2D):
             for key in PER_INSTANCE_KEYS:
                 details.pop(key, None)
             class_from = self.config.predict_class_from if class_from is None else class_from
-            add_class_details(details, self.resolve_label_set(label_set), self.hierarchy.leaf_label_set(), class_from)
+            add_class_details(details, self.resolve_label_set(label_set), self.hierarchy.leaf_label_set(), class_from,
+                              label_counts=getattr(self.config, "trained_label_counts", None))
         return labels, details
