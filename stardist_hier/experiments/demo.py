@@ -101,9 +101,10 @@ class DemoSettings:
         return self
 
 
-#: the defaults (measured in BENCHMARKS.md: at most 15 minutes on 2 CPU cores)
+#: the defaults (BENCHMARKS.md: about 6 minutes on 2 quiet CPU cores; tuning the thresholds
+#: takes 13-16 s of CPU time per row of it)
 DEFAULT = DemoSettings()
-#: ``--quick``: about 2 minutes
+#: ``--quick``: about a minute (4-9 s of CPU time per row for the thresholds)
 QUICK = DemoSettings(size=96, n_train=16, n_val=4, n_test=6, epoch_factor=0.04, steps_per_epoch=25,
                      patch_size=96, n_rays=16, unet_filters=16, overlay_images=2, threshold_images=4)
 
