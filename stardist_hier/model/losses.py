@@ -15,7 +15,10 @@ The class target of a batch has ``2 * n_out`` channels, ``n_out = n_classes + 1`
     label-set class that contains it (0 = background, 1..m-1 = the dataset's classes in
     id order) or -1 if no class of the sample's label set covers it
     (:attr:`stardist_hier.hierarchy.LabelSet.leaf_group`). The losses read it at the
-    first pixel; it lets one batch mix samples of different datasets.
+    first pixel; it lets one batch mix samples of different datasets. With
+    ``unannotated_mode='marginal'`` the unannotated leaves of a non-exhaustive label set are
+    in group 0 and admitted at its background pixels (see below); the layout is unchanged,
+    so targets made before these options read the same.
 
 With every label at a leaf (one-hot admitted leaves) the losses reduce to StarDist's
 ``weighted_categorical_crossentropy`` and to the focal Tversky loss of Eq. 3.
