@@ -36,7 +36,7 @@ from .masks import IGNORE, class_counts, dense_ids, instance_classes, paint_clas
 __all__ = [
     "PATCH_SIZE", "IGNORE", "PatchFormatError",
     "patch_path", "write_patch", "read_patch", "patch_exists", "list_patches", "list_splits",
-    "write_index", "read_index", "index_path", "prepare_command",
+    "write_index", "read_index", "index_path", "prepare_command", "PUBLISHED_DATASETS",
     "instance_classes", "class_counts", "relabel_instances", "paint_classes", "dense_ids",
     "tile_offsets", "tile_sample", "load_split", "normalize_image", "NORMALIZE_PERCENTILES",
 ]
@@ -207,9 +207,17 @@ def list_patches(root, dataset, split):
 # index
 
 
+#: The published datasets that ``stardist-hier prepare <name>`` converts (one reader module
+#: each in :mod:`stardist_hier.readers`); any other dataset is the user's own.
+PUBLISHED_DATASETS = ("pannuke", "monusac", "consep", "monuseg", "lizard", "conic")
+
+
 def prepare_command(dataset, root):
     """The command that makes the prepared dataset ``dataset`` under ``root`` (for error messages)."""
-    return f"stardist-hier prepare {dataset} --src <folder of the {dataset} download> --out {root}"
+    if str(dataset) in PUBLISHED_DATASETS:
+        return f"stardist-hier prepare {dataset} --src <folder of the {dataset} download> --out {root}"
+    return (f"stardist-hier prepare folder --images <images> --masks <masks> --dataset {dataset} "
+            f"--label-set <label set> --out {root} (or prepare qupath --src <folder> with the same options)")
 
 
 

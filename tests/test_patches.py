@@ -190,7 +190,9 @@ def test_index_roundtrip(tmp_path):
     assert list(df.patch_id) == ["a", "b"]
     assert list(df.columns)[:8] == ["patch_id", "split", "source", "offset_y", "offset_x", "tissue", "label_set", "n_nuclei"]
     assert list(df.columns)[8:10] == ["n_class_2", "n_class_10"]
-    with pytest.raises(FileNotFoundError, match="stardist-hier prepare other"):
+    with pytest.raises(FileNotFoundError, match="stardist-hier prepare consep --src"):
+        P.read_index(tmp_path, "consep")
+    with pytest.raises(FileNotFoundError, match="stardist-hier prepare folder .*--dataset other"):
         P.read_index(tmp_path, "other")
 
 
@@ -280,3 +282,12 @@ def test_bad_image_of_a_patch_names_the_image_file(tmp_path):
     tifffile.imwrite(ipath, np.zeros((256, 256, 3), np.float32))
     with pytest.raises(P.PatchFormatError, match=r"images/p0\.tif: image must be uint8"):
         P.read_patch(tmp_path, "d", "train", "p0")
+
+
+def test_prepare_hint_for_published_and_own_datasets(tmp_path):
+    assert P.prepare_command("monusac", tmp_path) == (
+        f"stardist-hier prepare monusac --src <folder of the monusac download> --out {tmp_path}")
+    own = P.prepare_command("mine", tmp_path)
+    assert own.startswith("stardist-hier prepare folder ") and "--dataset mine" in own and "prepare qupath" in own
+    with pytest.raises(FileNotFoundError, match="prepare folder"):
+        P.load_split(tmp_path, "mine", "train")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib
 
+from ..patches import PUBLISHED_DATASETS
+
 __all__ = ["DATASETS", "USER_FORMATS", "get_reader", "user_reader", "download_url"]
 
-DATASETS = ("pannuke", "monusac", "consep", "monuseg", "lizard", "conic")
+DATASETS = PUBLISHED_DATASETS
 
 #: formats of your own data -> ``module:class`` of their reader
 USER_FORMATS = {"folder": "folder:FolderReader", "qupath": "qupath:QuPathReader"}
