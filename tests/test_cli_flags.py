@@ -9,8 +9,6 @@ from stardist_hier.cli import COMMANDS, build_parser, main
 from stardist_hier.commands import _common as C
 
 #: commands whose owner has not switched to add_output_flags yet (strict: remove the mark once done)
-PENDING = {"demo": "demo keeps --verbose N / --quiet until its owner calls add_output_flags",
-           "replay": "replay keeps --quiet until its owner calls add_output_flags"}
 
 
 def _help(name, capsys):
@@ -20,9 +18,7 @@ def _help(name, capsys):
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=PENDING[n], strict=True)) if n in PENDING else n
-    for n in COMMANDS])
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_subcommand_has_the_same_flags(name, capsys):
     text = _help(name, capsys)
     assert "-q, --quiet" in text and "-v, --verbose" in text
