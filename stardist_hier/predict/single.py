@@ -51,7 +51,7 @@ class PredictSettings:
     Parameters
     ----------
     label_set : str or None
-        Label set of the classes (default: the model's default label set).
+        Name of the label set of the classes (default: the model's default label set).
     levels : bool
         Also classify at every hierarchy level above the label set (table columns).
     tta : bool
@@ -60,8 +60,9 @@ class PredictSettings:
         Slides: see :func:`stardist_hier.predict.engine.predict_slide`; images: the pixel
         size recorded in the table (``area_um2``) when the file has none.
     mask : str or None
-        Slides: a tissue mask file used for every slide, or a folder of masks named after
-        the slides (``<name>.png``/``.tif``; a slide without one gets the Otsu mask).
+        Slides: a tissue mask file (white = tissue; :func:`predict_inputs` accepts one only
+        for a single input), or a folder of masks named after the slides
+        (``<name>.png``/``.tif``; a slide without one gets the automatic Otsu mask).
     block_size : int
         Slides: the block size of tiled prediction (level-0 pixels at the model's scale).
     geojson : {'geojson.gz', 'geojson'}
