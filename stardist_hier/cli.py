@@ -26,6 +26,8 @@ COMMANDS = {
     "synth": ("stardist_hier.commands.synth", "generate the synthetic hierarchical H&E datasets"),
     "demo": ("stardist_hier.commands.demo", "run the miniature version of the paper's experiments end to end"),
     "replay": ("stardist_hier.commands.replay", "replay rows of the paper's Tables II and III (all 17 by default)"),
+    "train": ("stardist_hier.commands.train", "train on any datasets and weighted mixes from a run config YAML, "
+              "then score the test sets (resumable)"),
     "export": ("stardist_hier.commands.export", "export a model with its class head for QuPath (frozen .pb), "
                "ONNX or a TF SavedModel"),
     "predict": ("stardist_hier.commands.predict", "segment and classify your own images and whole slides: "

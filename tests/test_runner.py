@@ -153,7 +153,8 @@ def test_missing_data_is_reported_before_training(tmp_path):
     shutil.rmtree(root / "consep" / "val")
     with pytest.raises(MissingDataError, match=r"lacks split\(s\) for train/val/test .*found \['test', 'train'\]"):
         run_experiment(make_row_config((2, 1), "smoke", **TINY_RUN), root, out, verbose=0)
-    with pytest.raises(MissingDataError, match="dataset 'lizzard' has no label set"):
+    with pytest.raises(MissingDataError, match=r"dataset 'lizzard' is not prepared.*nor is 'lizzard' a label set "
+                                               r"of the hierarchy \(did you mean 'lizard'\?\)"):
         run_experiment(dict(_single("x"), test=["lizzard"]), root, out, verbose=0)
 
 
@@ -289,3 +290,37 @@ def test_replay_commands_share_the_flag_scheme_and_report_user_errors_in_one_lin
     with pytest.raises(SystemExit) as e:
         run_all_main([*missing, "-q", "-v"])
     assert e.value.code == 2
+
+
+def test_episode_keys_keep_the_old_form_and_include_mix_weights(data):
+    """A one-dataset episode at the defaults keys its cache as before mixes existed (existing
+    caches and run folders stay valid); mix probabilities, validation sets, monitor and
+    workers are part of the key once they are used."""
+    from stardist_hier.experiments.checkpoints import episode_key, update_monitor_state
+    from stardist_hier.experiments.config import config_hash, identity
+    from stardist_hier.experiments.data import check_data
+
+    row = make_row_config((2, 6), "smoke", **TINY_RUN)
+    assert not {"monitor", "workers", "untrained_test_classes"} & set(identity(row))
+    row["_splits"] = dict(pannuke=dict(train="train", val="val"), monusac=dict(train="train", val="val"))
+    key = episode_key(row, data, 1)
+    assert set(key) == {"format", "episodes", "seed", "model", "augment", "steps_per_epoch", "early_stopping_patience",
+                        "reduce_lr", "restore_best", "deterministic", "max_images", "hierarchy"}
+    assert [set(e) for e in key["episodes"]] == [{"dataset", "epochs", "data", "splits"}] * 2
+
+    def mix_key(weights, **extra):
+        cfg = normalize_config(dict(name="m", episodes=[dict(mix=weights, epochs=1, **extra)], test=["consep"],
+                                    model=TINY_MODEL))
+        cfg["_splits"] = check_data(data, cfg)
+        return config_hash(episode_key(cfg, data, 0))
+
+    assert mix_key(dict(consep=3, pannuke=1)) == mix_key(dict(consep=0.75, pannuke=0.25))
+    assert mix_key(dict(consep=3, pannuke=1)) != mix_key(dict(consep=1, pannuke=1))
+    assert mix_key(dict(consep=1, pannuke=1)) != mix_key(dict(consep=1, pannuke=1), monitor="val_loss_consep")
+    assert mix_key(dict(consep=1, pannuke=1)) != mix_key(dict(consep=1, pannuke=1), validate=["consep"])
+    cfg = normalize_config(dict(name="w", episodes=[dict(dataset="consep", epochs=1)], test=["consep"], workers=2))
+    cfg["_splits"] = check_data(data, cfg)
+    assert episode_key(cfg, data, 0)["workers"] == 2
+    state = dict(best=1.0, best_epoch=1, wait=0, lr_wait=0, stopped_early=False)
+    assert update_monitor_state(state, 2.0, 2, 1e-3, dict(early_stopping_patience=1), "val_loss_mine")[2]
+    assert state["stop_reason"] == "early_stopping_patience: val_loss_mine has not improved for 1 epochs"

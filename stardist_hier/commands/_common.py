@@ -66,6 +66,7 @@ USER_ERRORS = (
     "stardist_hier.metrics.folder:EvaluationError",
     "stardist_hier.predict.slides:InputError",
     "stardist_hier.export.layout:ExportError",
+    "stardist_hier.experiments.config_keys:RunConfigError",
 )
 
 #: a missing input (``FileNotFoundError`` and its subclasses, e.g. the experiments'

@@ -1,7 +1,9 @@
-"""Experiment runner: the paper's protocol (episodes of training on one dataset each), then
-evaluation of every test set at its own label set, into one run folder.
+"""Experiment runner: episodes of training (one dataset, or a weighted mix of several, each),
+then evaluation of every test set at its own label set, into one run folder.
 
-The config is described in :mod:`.config`.
+The config is described in :mod:`.config`; everything it needs is checked before any
+training (:mod:`.preflight`); ``stardist-hier train CONFIG.yaml`` and ``stardist-hier
+replay`` (the paper's rows) both run :func:`run_experiment`.
 
 Run folder ``<out>/<name>/``:
 
@@ -10,21 +12,30 @@ Run folder ``<out>/<name>/``:
 * ``model/``: the final model (loads with ``HierStarDist2D(None, 'model', run_folder)`` and
   with stock ``StarDist2D``);
 * ``history.csv``: one row per epoch: ``epoch`` (over the whole run), ``episode``,
-  ``dataset``, ``episode_epoch``, the training and validation losses, ``lr``, ``seconds``
-  and ``reused`` (the episode was found finished in the cache: trained by another run that
-  shares it, or by this run before an interruption);
+  ``dataset`` (``pannuke+lizard`` for a mix), ``episode_epoch``, the training loss,
+  ``val_loss`` (all validation images of the episode) and ``val_loss_<dataset>`` per
+  validation dataset, the loss terms, ``lr``, ``seconds`` and ``reused`` (the episode was
+  found finished in the cache: trained by another run that shares it, or by this run
+  before an interruption);
 * ``metrics.csv``: one row per test dataset, every convention of
   :mod:`stardist_hier.metrics.folder`; ``eval/`` the per-image CSVs;
+* ``loss_curves.png``, ``summary.md``, ``summary.html``: the one-page summary
+  (:mod:`.training_summary`);
 * ``run.json``: written last: the run is complete. Per episode: its cache folder,
   ``epochs_run`` (epochs the episode trained, whoever trained it), ``trained_epochs`` (by
-  this invocation), ``reused``, ``stopped_early`` and ``stop_reason``; ``thresholds``: the
-  detection thresholds the evaluation used, and where they were tuned.
+  this invocation), ``reused``, ``stopped_early`` and ``stop_reason``, ``monitor``, ``best``
+  and ``best_epoch``, ``validate``, for a mix ``mix`` (probabilities) and ``mix_realised``
+  (shares of the training list); ``thresholds``: the detection thresholds the evaluation
+  used, and where they were tuned; ``datasets``: each dataset's label set and images per
+  split; ``notes``.
 
 Sharing, resuming, reproducing
 ------------------------------
 Every episode trains in a cache folder ``<cache>/<k>-<dataset>-<epochs>ep-<hash>`` keyed by a
 hash of everything that determines it: the model and augmentation config, the seed, the
-training settings, the data (``index.csv`` of each dataset) and all earlier episodes. Runs
+training settings, the data (``index.csv`` of each dataset), the mix probabilities, the
+validation sets, the monitor, the workers, and all earlier episodes
+(:func:`.checkpoints.episode_key`). Runs
 that share a pre-training (PanNuke for 250 epochs is the first episode of four rows) find it
 finished there and reuse it. After every epoch the episode's weights, optimizer state,
 history and early-stopping state are saved (versioned files, then a ``state.json`` naming
@@ -57,11 +68,13 @@ import yaml
 from .. import __version__
 from .. import patches as P
 from ..atomic import atomic_write_text
-from ..hierarchy import ClassHierarchy
 from ..metrics.folder import HEADLINE_METRICS
 from .checkpoints import episode_key, finish_episode, load_episode_into, log, train_episode
-from .config import config_hash, make_row_config, normalize_config, plain
-from .data import check_data, data_fingerprint, select_ids
+from .config import (RunConfigError, config_hash, episode_datasets, episode_monitor, episode_name, identity,
+                     make_row_config, mix_probabilities, plain, validation_sets)
+from .data import check_data, data_fingerprint, dataset_roles, select_ids
+from .preflight import preflight
+from .training_summary import write_training_summary
 from .paper_tables import PaperRow, get_row
 
 __all__ = ["RunResult", "run_experiment", "run_rows", "load_run"]
@@ -194,20 +207,21 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     import pandas as pd
 
     t0 = time.perf_counter()
-    cfg = normalize_config(config)
     data_root = Path(data_root).resolve()
+    pre = preflight(config, data_root)
+    cfg, splits, h = pre.config, pre.splits, pre.hierarchy
     out = Path(out)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    h = ClassHierarchy.resolve(cfg["hierarchy"])
-    splits = check_data(data_root, cfg, h)
     cfg["_splits"] = splits
     run_dir = out / cfg["name"]
     saved = dict(cfg, data_root=str(data_root), splits_used=splits, versions=_versions())
     saved.pop("_splits")
+    if pre.aliased:
+        saved["label_sets_used"] = dict(pre.label_sets)
     # the data is part of the run's identity (the data root is not: data may move), so a run
     # folder made on other data (e.g. the synthetic stand-ins) is never taken as complete
     saved["data_fingerprints"] = {ds: data_fingerprint(data_root, ds) for ds in splits}
-    run_key = config_hash({k: v for k, v in saved.items() if k not in ("versions", "data_root")})
+    run_key = config_hash(identity({k: v for k, v in saved.items() if k != "versions"}))
     saved["config_hash"] = run_key
     if (run_dir / "config.yaml").is_file():
         old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -221,34 +235,20 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(plain(saved), sort_keys=False))
     log(f"[{cfg['name']}] {cfg.get('paper_row', {}).get('description', '')} (scale {cfg['scale']}, seed {cfg['seed']})",
-         verbose)
+        verbose)
+    for note in pre.notes:
+        log(f"  note: {note}", verbose)
 
-    keys = [episode_key(cfg, data_root, i) for i in range(len(cfg["episodes"]))]
-    ep_dirs = [cache / f"{i + 1}-{ep['dataset']}-{ep['epochs']}ep-{config_hash(k)[:12]}"
+    hier_arg = h if pre.aliased else cfg["hierarchy"]
+    keys = [episode_key(cfg, data_root, i, h) for i in range(len(cfg["episodes"]))]
+    ep_dirs = [cache / f"{i + 1}-{episode_name(ep)}-{ep['epochs']}ep-{config_hash(k)[:12]}"
                for i, (ep, k) in enumerate(zip(cfg["episodes"], keys))]
     todo = [i for i, d in enumerate(ep_dirs) if not (d / "done.json").is_file()]
     for i, d in enumerate(ep_dirs):
         if i not in todo:
-            log(f"  episode {i + 1} ({cfg['episodes'][i]['dataset']}, {cfg['episodes'][i]['epochs']} epochs): "
-                 f"reusing {d}", verbose)
-
-    # load every episode's data before training anything
-    data = {}
-    for i in todo:
-        ds = cfg["episodes"][i]["dataset"]
-        if ds in data:
-            continue
-        ls = h.label_set(ds)
-        tr = select_ids(data_root, ds, splits[ds]["train"], cfg["max_images"]["train"], cfg["seed"])
-        va = select_ids(data_root, ds, splits[ds]["val"], cfg["max_images"]["val"], cfg["seed"])
-        X, Y, C = P.load_split(data_root, ds, splits[ds]["train"], ids=tr, label_set=ls)
-        Xv, Yv, Cv = P.load_split(data_root, ds, splits[ds]["val"], ids=va, label_set=ls)
-        ps = tuple(cfg["model"].get("train_patch_size", (256, 256)))
-        small = [k for k, x in enumerate(X + Xv) if x.shape[0] < ps[0] or x.shape[1] < ps[1]]
-        if small:
-            raise ValueError(f"dataset '{ds}': {len(small)} images are smaller than train_patch_size {ps}")
-        data[ds] = (X, Y, C, Xv, Yv, Cv)
-        log(f"  loaded {ds}: {len(X)} train / {len(Xv)} val images", verbose)
+            log(f"  episode {i + 1} ({episode_name(cfg['episodes'][i])}, {cfg['episodes'][i]['epochs']} epochs): "
+                f"reusing {d}", verbose)
+    data = _load_data(cfg, data_root, h, [cfg["episodes"][i] for i in todo], verbose)
 
     from ..model import HierStarDist2D
     from ..model.build import build_model
@@ -256,15 +256,14 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     trained = {}
     model = None
     for i in todo:
-        ds = cfg["episodes"][i]["dataset"]
         if model is None:
             with _stock_prints(verbose):
-                model = build_model(cfg["hierarchy"], cfg["model"], seed=cfg["seed"], deterministic=cfg["deterministic"])
+                model = build_model(hier_arg, cfg["model"], seed=cfg["seed"], deterministic=cfg["deterministic"])
             if i > 0:
                 load_episode_into(model, ep_dirs[i - 1])
         ep_dirs[i].mkdir(parents=True, exist_ok=True)
-        n, state, rows = train_episode(model, cfg, i, ep_dirs[i], data[ds], verbose, on_epoch_end)
-        finish_episode(model, ep_dirs[i], state, rows, keys[i], ds)
+        n, state, rows = train_episode(model, cfg, i, ep_dirs[i], data, verbose, on_epoch_end)
+        finish_episode(model, ep_dirs[i], state, rows, keys[i], validation_sets(cfg["episodes"][i]))
         trained[i] = n
 
     # the run folder: final model, history, metrics
@@ -290,19 +289,7 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     # stock StarDist prints what it loads; the weights were just written, the thresholds follow
     with _stock_prints(verbose):
         final = HierStarDist2D(None, "model", str(run_dir))
-    thresholds = dict(prob=float(final.thresholds.prob), nms=float(final.thresholds.nms), tuned_on=None)
-    if cfg["optimize_thresholds"]:
-        ds = cfg["episodes"][-1]["dataset"]
-        n_max = min(n for n in (cfg["max_images"]["val"], cfg["threshold_max_images"], 10**9) if n is not None)
-        va = select_ids(data_root, ds, splits[ds]["val"], n_max, cfg["seed"])
-        Xv, Yv, _ = P.load_split(data_root, ds, splits[ds]["val"], ids=va, label_set=h.label_set(ds))
-        # StarDist prints its result; the runner says it in its own log line instead
-        with _stock_prints(verbose):
-            tuned = final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
-        thresholds = dict(prob=float(tuned["prob"]), nms=float(tuned["nms"]),
-                          tuned_on=f"{ds}/{splits[ds]['val']} ({len(va)} images)")
-        log(f"  [{cfg['name']}] thresholds tuned on {thresholds['tuned_on']}: prob {thresholds['prob']:.3f}, "
-            f"nms {thresholds['nms']:.2f}", verbose)
+    thresholds = _thresholds(final, cfg, data_root, h, verbose)
     metrics = _evaluate(final, cfg, data_root, run_dir, verbose)
     if cfg.get("paper_row"):
         metrics.insert(3, "paper_pq", cfg["paper_row"]["pq"])
@@ -310,12 +297,20 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     episodes = []
     for i, (ep, d) in enumerate(zip(cfg["episodes"], ep_dirs)):
         done = json.loads((d / "done.json").read_text())
-        episodes.append(dict(dataset=ep["dataset"], epochs=ep["epochs"], cache=str(d), epochs_run=int(done["epochs"]),
-                             trained_epochs=trained.get(i, 0), reused=i not in trained,
-                             stopped_early=bool(done.get("stopped_early")), stop_reason=done.get("stop_reason")))
+        e = dict(dataset=episode_name(ep), epochs=ep["epochs"], cache=str(d), epochs_run=int(done["epochs"]),
+                 trained_epochs=trained.get(i, 0), reused=i not in trained,
+                 stopped_early=bool(done.get("stopped_early")), stop_reason=done.get("stop_reason"),
+                 monitor=episode_monitor(ep, cfg), validate=validation_sets(ep),
+                 best=done.get("best"), best_epoch=done.get("best_epoch"))
+        if "mix" in ep:
+            e["mix"] = mix_probabilities(ep)
+            e["mix_realised"] = {k: v["share"] for k, v in (done.get("mix") or {}).items()}
+        episodes.append(e)
     info = dict(name=cfg["name"], status="complete", config_hash=run_key, seconds=round(time.perf_counter() - t0, 2),
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), steps_per_epoch=cfg["steps_per_epoch"],
-                thresholds=thresholds, episodes=episodes)
+                thresholds=thresholds, episodes=episodes, notes=pre.notes,
+                datasets=_dataset_sizes(cfg, data_root, pre.label_sets))
+    write_training_summary(run_dir, cfg, history, metrics, info)
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=1))
     for _, r in metrics.iterrows():
         log(f"  [{cfg['name']}] {r['dataset']}: "
@@ -323,6 +318,68 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
             + (f"  | paper PQ {cfg['paper_row']['pq']:.4f}" if cfg.get("paper_row") else ""), verbose)
     log(f"[{cfg['name']}] done in {info['seconds']:.1f} s -> {run_dir}", verbose)
     return load_run(run_dir)
+
+
+def _load_data(cfg, data_root, h, episodes, verbose):
+    """Every split the episodes to train need (loaded before anything trains), and the sizes of the splits.
+
+    Returns ``{'train': {dataset: (X, Y, classes)}, 'val': {...}}``.
+    """
+    splits = cfg["_splits"]
+    data = dict(train={}, val={})
+    sizes = {}
+    ps = tuple(cfg["model"].get("train_patch_size", (256, 256)))
+    for ep in episodes:
+        wanted = [(d, "train") for d in episode_datasets(ep)] + [(d, "val") for d in validation_sets(ep)]
+        for ds, role in wanted:
+            if ds in data[role]:
+                continue
+            ids = select_ids(data_root, ds, splits[ds][role], cfg["max_images"][role], cfg["seed"])
+            X, Y, C = P.load_split(data_root, ds, splits[ds][role], ids=ids, label_set=h.label_set(ds))
+            small = [k for k, x in enumerate(X) if x.shape[0] < ps[0] or x.shape[1] < ps[1]]
+            if small:
+                raise RunConfigError(f"dataset '{ds}': {len(small)} {role} images are smaller than "
+                                     f"model.train_patch_size {list(ps)}")
+            data[role][ds] = (X, Y, C)
+            sizes.setdefault(ds, {})[role] = len(X)
+    for ds, n in sizes.items():
+        log(f"  loaded {ds}: " + " / ".join(f"{v} {k}" for k, v in n.items()) + " images", verbose)
+    return data
+
+
+def _dataset_sizes(cfg, data_root, label_sets):
+    """``{dataset: {'label_set', role: images used}}`` of every dataset of the run (for ``run.json``)."""
+    out = {}
+    for ds, roles in dataset_roles([cfg]).items():
+        out[ds] = dict(label_set=label_sets.get(ds, ds))
+        for role in ("train", "val", "test"):
+            if role in roles:
+                split = cfg["_splits"][ds][role]
+                out[ds][role] = len(select_ids(data_root, ds, split, cfg["max_images"][role], cfg["seed"]))
+    return out
+
+
+def _thresholds(final, cfg, data_root, h, verbose):
+    """Detection thresholds: the model's, or tuned on the validation sets of the last episode."""
+    thresholds = dict(prob=float(final.thresholds.prob), nms=float(final.thresholds.nms), tuned_on=None)
+    if not cfg["optimize_thresholds"]:
+        return thresholds
+    splits = cfg["_splits"]
+    n_max = min(n for n in (cfg["max_images"]["val"], cfg["threshold_max_images"], 10**9) if n is not None)
+    Xv, Yv, where = [], [], []
+    for ds in validation_sets(cfg["episodes"][-1]):
+        va = select_ids(data_root, ds, splits[ds]["val"], n_max, cfg["seed"])
+        X, Y, _ = P.load_split(data_root, ds, splits[ds]["val"], ids=va, label_set=h.label_set(ds))
+        Xv += X
+        Yv += Y
+        where.append(f"{ds}/{splits[ds]['val']} ({len(va)} images)")
+    # StarDist prints its result; the runner says it in its own log line instead
+    with _stock_prints(verbose):
+        tuned = final.optimize_thresholds(Xv, Yv, optimize_kwargs=dict(verbose=int(verbose >= 2)))
+    thresholds = dict(prob=float(tuned["prob"]), nms=float(tuned["nms"]), tuned_on=" + ".join(where))
+    log(f"  [{cfg['name']}] thresholds tuned on {thresholds['tuned_on']}: prob {thresholds['prob']:.3f}, "
+        f"nms {thresholds['nms']:.2f}", verbose)
+    return thresholds
 
 
 def _versions():
