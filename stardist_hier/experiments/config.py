@@ -17,7 +17,7 @@ as ``config.yaml`` in the run folder)::
     early_stopping_patience: null      # stop an episode when its monitor stalls (optional)
     reduce_lr: {factor: 0.5, patience: 40, min_lr: 0.0}   # or null
     restore_best: true                 # end each episode with its best-monitor weights
-    optimize_thresholds: true          # tune prob/NMS thresholds on the last episode's val split
+    optimize_thresholds: true          # tune prob/NMS thresholds on the last episode's validation sets
     threshold_max_images: 200          # ... on at most this many of its images (null: all)
     max_images: {train: null, val: null, test: null}      # per dataset and split; null = all
     splits: auto                       # or {dataset: {train: .., val: .., test: ..}}
