@@ -213,7 +213,7 @@ def test_every_bad_input_is_reported_at_once_before_training(data, tmp_path, cap
     assert main(["train", str(_write(tmp_path / "finer.yaml", dict(ok, untrained_test_classes="warn"))),
                  "--data-root", str(data), "--check"]) == 0
     o = capsys.readouterr().out
-    assert "OK: run 'finer': 1 epochs on pannuke; test monusac" in o and "note: test set 'monusac'" in o
+    assert "OK: run 'finer': 1 epoch on pannuke; test monusac" in o and "note: test set 'monusac'" in o
     # no data root at all; a file that is not YAML
     assert main(["train", str(_write(tmp_path / "nodata.yaml", ok))]) == 1
     assert "no data root: set data_root in the config" in _err(capsys)

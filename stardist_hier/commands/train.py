@@ -51,7 +51,7 @@ def run(args):
     cfg["data_root"] = str(root.resolve())
     pre = preflight(cfg, root, source=args.config)
     if args.check:
-        eps = "; ".join(f"{ep['epochs']} epochs on " + (", ".join(f"{d} {w:g}" for d, w in ep["mix"].items())
+        eps = "; ".join(f"{ep['epochs']} epoch{'s' * (ep['epochs'] != 1)} on " + (", ".join(f"{d} {w:g}" for d, w in ep["mix"].items())
                                                        if "mix" in ep else ep["dataset"])
                         for ep in pre.config["episodes"])
         print(f"{args.config}: OK: run '{pre.config['name']}': {eps}; test {', '.join(pre.config['test'])}; "

@@ -234,8 +234,9 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
             return load_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(plain(saved), sort_keys=False))
-    log(f"[{cfg['name']}] {cfg.get('paper_row', {}).get('description', '')} (scale {cfg['scale']}, seed {cfg['seed']})",
-        verbose)
+    what = (cfg.get("paper_row") or {}).get("description") or " -> ".join(
+        f"{episode_name(ep)} {ep['epochs']}" for ep in cfg["episodes"])
+    log(f"[{cfg['name']}] {what} (scale {cfg['scale']}, seed {cfg['seed']})", verbose)
     for note in pre.notes:
         log(f"  note: {note}", verbose)
 

@@ -106,7 +106,10 @@ def plot_run_losses(history, episodes=None, title=None, figsize=(10, 4.5)):
         ax.set_xticks(x)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: labels[k].startswith("best"))  # the marker last
+    ax.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=8, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
