@@ -202,7 +202,10 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     Raises
     ------
     MissingDataError
-        Before any training, when a dataset, split or label set is missing.
+        Before any training, when a dataset, split or label set is missing or does not fit
+        (:func:`.preflight.preflight`).
+    RunConfigError
+        Before any training, when the config is at fault (with every problem, the data's too).
     """
     import pandas as pd
 
