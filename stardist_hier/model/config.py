@@ -20,6 +20,7 @@ from numbers import Integral, Real
 from stardist.models import Config2D
 
 from ..hierarchy import ClassHierarchy, HierarchyError
+from .distribute import PRECISIONS, STRATEGIES
 from .losses import COARSE_LABEL_MODES, FOCAL_TVERSKY_ALPHA, FOCAL_TVERSKY_GAMMA, NORMALIZATIONS, UNANNOTATED_MODES
 
 __all__ = ["HierConfig2D", "HIER_CONFIG_DEFAULTS", "RESOLVED_DEFAULTS", "LEAVES"]
@@ -45,6 +46,8 @@ HIER_CONFIG_DEFAULTS = dict(
     default_label_set=None,
     pixel_size_um=None,
     check_normalized_input=True,
+    train_mixed_precision=None,
+    train_distribute=None,
 )
 
 #: What the ``None`` defaults of :data:`HIER_CONFIG_DEFAULTS` become: (with a hierarchy,
@@ -157,7 +160,21 @@ class HierConfig2D(Config2D):
         (:func:`stardist_hier.patches.normalize_image`), ``train`` refuses images that look
         raw and ``predict_instances`` warns about them (the rule is
         :func:`stardist_hier.model.inputs.looks_unnormalized`). ``False``: no check, for a
-        model trained on another intensity scale on purpose.
+        model trained on another intensity scale on purpose. Raw images are accepted when
+        declared: ``train(..., normalize=True)`` keeps them as given (e.g. uint8) and
+        normalises every drawn patch with its image's percentiles.
+    train_mixed_precision : str or None
+        ``'mixed_float16'`` or ``'mixed_bfloat16'``: train with 16-bit computation and float32
+        weights; the output layers, the predictions and every loss stay float32, and
+        ``'mixed_float16'`` scales the loss dynamically (Keras' ``LossScaleOptimizer``).
+        ``None`` (default): float32. Applied from the first ``train`` call
+        (:mod:`stardist_hier.model.distribute`).
+    train_distribute : str or None
+        ``'mirrored'``: train on every GPU of this machine (``tf.distribute.MirroredStrategy``;
+        an error without a GPU); ``'multi_worker'``: on several machines
+        (``tf.distribute.MultiWorkerMirroredStrategy`` from ``TF_CONFIG``). ``None``
+        (default): one device. ``train(strategy=...)`` overrides it for one call, also with
+        a strategy object. ``train_batch_size`` must be a multiple of the replicas.
     train_tensorboard : bool
         As in StarDist, but off by default: TensorFlow >= 2.21 no longer installs
         TensorBoard, and StarDist's callback would fail at the first epoch without it.
@@ -207,6 +224,8 @@ class HierConfig2D(Config2D):
             or (isinstance(self.pixel_size_um, Real) and not isinstance(self.pixel_size_um, bool)
                 and 0 < self.pixel_size_um < float("inf")),
             "check_normalized_input": isinstance(self.check_normalized_input, bool),
+            "train_mixed_precision": self.train_mixed_precision is None or self.train_mixed_precision in PRECISIONS,
+            "train_distribute": self.train_distribute is None or self.train_distribute in STRATEGIES,
         }
         invalid = tuple(invalid) + tuple(k for k, good in checks.items() if not good)
         ok = len(invalid) == 0

@@ -5,8 +5,9 @@ Mixed precision (config ``train_mixed_precision``)
 ``'mixed_float16'`` or ``'mixed_bfloat16'``: the network is built under that Keras dtype
 policy (float32 weights, 16-bit computation), except its output layers (``prob``, ``dist``,
 ``prob_class``), which compute in float32, so predictions are float32 and every loss is
-computed in float32 (a sigmoid or softmax that saturates to exactly 0 or 1 gives finite
-losses: they clip in float32, tested). With ``'mixed_float16'`` Keras wraps the optimizer in
+computed in float32 (each compiled loss casts its inputs to float32, :func:`float32_loss`;
+a sigmoid or softmax that saturates to exactly 0 or 1 gives finite losses, as they clip in
+float32: tested with float16 inputs). With ``'mixed_float16'`` Keras wraps the optimizer in
 a :class:`keras.optimizers.LossScaleOptimizer` (dynamic loss scaling); an optimizer that
 cannot be wrapped is refused before training (:func:`check_optimizer`). ``'mixed_bfloat16'``
 needs no loss scaling (float32's exponent range); it is what CPUs and recent GPUs/TPUs run
@@ -53,7 +54,7 @@ import os
 
 __all__ = ["PRECISIONS", "STRATEGIES", "check_precision", "check_optimizer", "tf_config", "is_chief",
            "multi_worker_strategy", "resolve_strategy", "check_batch_size", "prepare_network", "multi_worker_fixes",
-           "output_layer_names"]
+           "output_layer_names", "global_prob_loss", "global_dist_loss", "float32_loss", "recompile_for_training"]
 
 #: values of ``train_mixed_precision`` (besides ``None``)
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
@@ -357,23 +358,43 @@ def global_dist_loss(config):
     return dist_loss
 
 
-def recompile_for_replicas(model):
-    """Under a strategy with several replicas, compile again with :func:`global_prob_loss` and :func:`global_dist_loss`.
+def float32_loss(loss):
+    """``loss`` computed in float32 whatever the dtype of its inputs (the losses under mixed precision)."""
+    from keras import ops
 
-    No-op outside a strategy's scope or with one replica (the losses stay stock's objects).
-    Keeps the optimizer, the class loss, the loss weights and stock's metrics.
+    def float32(y_true, y_pred):
+        return loss(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"))
+
+    float32.__name__ = getattr(loss, "__name__", "loss")
+    return float32
+
+
+def recompile_for_training(model):
+    """Compile again for a multi-replica strategy and for mixed precision; returns True if it did.
+
+    * inside the scope of a strategy with several replicas: :func:`global_prob_loss` and
+      :func:`global_dist_loss` replace stock's object and distance losses;
+    * with ``train_mixed_precision``: every loss is computed in float32 (:func:`float32_loss`).
+
+    Otherwise nothing changes (the losses stay stock's objects). Keeps the optimizer, the
+    class loss, the loss weights and stock's metrics.
     """
     import tensorflow as tf
 
-    if not tf.distribute.has_strategy() or tf.distribute.get_strategy().num_replicas_in_sync < 2:
+    km, config = model.keras_model, model.config
+    replicas = tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+    precision = config.train_mixed_precision
+    if not replicas and precision is None:
         return False
     from .compiling import stock_metrics
 
-    km, config = model.keras_model, model.config
     losses = list(km.loss)
-    losses[0] = global_prob_loss()
-    if config.train_dist_loss in ("mae", "mse"):
-        losses[1] = global_dist_loss(config)
+    if replicas:
+        losses[0] = global_prob_loss()
+        if config.train_dist_loss in ("mae", "mse"):
+            losses[1] = global_dist_loss(config)
+    if precision is not None:
+        losses = [float32_loss(f) for f in losses]
     km.compile(km.optimizer, loss=losses, loss_weights=list(config.train_loss_weights), metrics=stock_metrics(config))
     return True
 

@@ -206,9 +206,18 @@ class HierStarDist2D(StarDist2D):
         return class_loss_from_config(self.config)
 
     def prepare_for_training(self, optimizer=None):
-        """Compile as stock StarDist, then again with the hierarchical class loss (:mod:`.compiling`)."""
-        from .compiling import recompile_with_class_loss
+        """Compile as stock StarDist, then again with the hierarchical class loss (:mod:`.compiling`).
 
+        Raises
+        ------
+        ValueError
+            Under ``train_mixed_precision``, an optimizer that cannot take it
+            (:func:`stardist_hier.model.distribute.check_optimizer`).
+        """
+        from .compiling import recompile_with_class_loss
+        from .distribute import check_optimizer, recompile_for_training
+
+        check_optimizer(optimizer, self.config.train_mixed_precision)
         if self.config.train_tensorboard:
             try:
                 import tensorboard  # noqa: F401
@@ -218,10 +227,11 @@ class HierStarDist2D(StarDist2D):
         super().prepare_for_training(optimizer)
         if self._is_multiclass():
             recompile_with_class_loss(self, self.class_loss())
+        recompile_for_training(self)  # multi-replica strategy, mixed precision
 
     def train(self, X, Y, validation_data, classes="auto", augmenter=None, seed=None, epochs=None,
               steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1,
-              early_stopping_monitor="val_loss"):
+              early_stopping_monitor="val_loss", normalize=False, strategy=None):
         """Train on one dataset, or on several mixed within each batch.
 
         Same as :meth:`stardist.models.StarDist2D.train`, plus the parameters below, which a
@@ -233,7 +243,8 @@ class HierStarDist2D(StarDist2D):
             Normalised images (:func:`stardist_hier.patches.normalize_image`, or
             ``patches.load_split(normalize=True)``); images that look raw (integer dtype or
             0..255 values, :func:`stardist_hier.model.inputs.looks_unnormalized`) are refused
-            unless the config has ``check_normalized_input=False``.
+            unless the config has ``check_normalized_input=False``, or declared raw with
+            ``normalize=True``.
         classes : sequence, int or 'auto'
             Per image a dict ``{instance id: class id or None}`` in the dataset's own class
             ids (its label set), a single id for all instances, or ``None`` (unknown: no
@@ -258,6 +269,23 @@ class HierStarDist2D(StarDist2D):
         early_stopping_monitor : str
             Quantity watched when ``train_early_stopping_patience`` is set: ``'val_loss'``
             (all validation images) or ``'val_loss_<label set>'`` for one dataset.
+        workers : int
+            Processes that build the training batches (>= 1). ``1``: stock's one thread of the
+            training process, today's batches bit for bit. ``N >= 2``: N forked worker
+            processes (Linux), each with its own random stream per epoch, so a seed gives the
+            same batches for a given N, and a run resumed at ``initial_epoch`` the batches of
+            an uninterrupted one (:mod:`stardist_hier.model.pipeline`).
+        normalize : bool
+            ``True``: ``X`` (and the validation images) are raw images, e.g. uint8 from
+            ``patches.load_split(..., normalize=False)``; they are kept as given (a quarter
+            of float32's memory) and every drawn patch is normalised with the percentiles of
+            its whole image, exactly as :func:`stardist_hier.patches.normalize_image`
+            (:mod:`stardist_hier.model.sampling`). ``False`` (default): ``X`` must be
+            normalised already (checked, see ``X``).
+        strategy : str, tf.distribute.Strategy or None
+            ``'mirrored'``, ``'multi_worker'`` or a strategy object; ``None``: the config's
+            ``train_distribute``. The network is rebuilt inside its scope at the first call
+            (:mod:`stardist_hier.model.distribute`).
 
         Returns
         -------
@@ -274,7 +302,7 @@ class HierStarDist2D(StarDist2D):
         return train_model(self, X, Y, validation_data, classes=classes, augmenter=augmenter, seed=seed,
                            epochs=epochs, steps_per_epoch=steps_per_epoch, workers=workers, dataset=dataset,
                            callbacks=callbacks, initial_epoch=initial_epoch, verbose=verbose,
-                           early_stopping_monitor=early_stopping_monitor)
+                           early_stopping_monitor=early_stopping_monitor, normalize=normalize, strategy=strategy)
 
     def reinitialize_class_head(self, seed=None):
         """Re-draw the weights of the class head (``features_class`` and ``prob_class``).

@@ -10,16 +10,17 @@ datasets can share a batch.
 
 from __future__ import annotations
 
-import threading
 from numbers import Integral
 
 import numpy as np
 from scipy.ndimage import zoom
-from stardist.models.model2d import StarDistData2D
 
 from ..hierarchy import ClassHierarchy, LabelSet
+from .losses import UNANNOTATED_MODES
+from .sampling import PatchData2D
 
-__all__ = ["HierStarDistData2D", "resolve_label_sets", "check_instance_classes", "ClassTargetEncoder"]
+__all__ = ["HierStarDistData2D", "resolve_label_sets", "check_instance_classes", "ClassTargetEncoder",
+           "UNANNOTATED_MODES"]
 
 
 def resolve_label_sets(hierarchy, dataset, n_images, what="dataset"):
@@ -122,11 +123,25 @@ class ClassTargetEncoder:
     ----------
     n_out : int
         Output channels, ``n_classes + 1``.
+    unannotated_mode : {'background', 'marginal'}
+        Background pixels of a sample whose label set is non-exhaustive
+        (:attr:`LabelSet.unannotated_channels` not empty): ``'background'`` (default) admits
+        background only, as the dataset's masks say; ``'marginal'`` admits background or any
+        unannotated leaf (``{0} + unannotated_channels``), and the sample's leaf groups put
+        those leaves in group 0 (the label set's background class), see
+        :mod:`stardist_hier.model.losses`. Exhaustive label sets are encoded the same way in
+        both modes, so are all other pixels; the layout (``2 * n_out`` channels) is the same.
     """
 
-    def __init__(self, n_out):
+    def __init__(self, n_out, unannotated_mode="background"):
+        if unannotated_mode not in UNANNOTATED_MODES:
+            raise ValueError(f"unannotated_mode must be one of {UNANNOTATED_MODES}, got {unannotated_mode!r}")
         self.n_out = int(n_out)
+        self.unannotated_mode = unannotated_mode
         self._tables = {}
+
+    def _marginal(self, label_set):
+        return self.unannotated_mode == "marginal" and bool(label_set.unannotated_channels)
 
     def _table(self, label_set):
         """Rows: 0..max_id = admitted leaves of each class id, last row = unknown class.
@@ -138,8 +153,17 @@ class ClassTargetEncoder:
             unknown = np.full((1, self.n_out), -1, np.float32)
             unknown[0, 0] = 0
             table = np.vstack([label_set.membership.astype(np.float32), unknown])
+            if self._marginal(label_set):
+                table[0, list(label_set.unannotated_channels)] = 1
             self._tables[label_set.name] = table
         return table
+
+    def leaf_groups(self, label_set):
+        """``(n_out,)`` float32: the leaf groups of a sample of ``label_set`` (second half of the target)."""
+        groups = label_set.leaf_group.astype(np.float32)
+        if self._marginal(label_set):
+            groups[list(label_set.unannotated_channels)] = 0
+        return groups
 
     def encode(self, y, classes, label_set, neg_mask=None):
         """Packed target ``(H, W, 2 * n_out)`` of one (already subsampled) label image.
@@ -173,14 +197,16 @@ class ClassTargetEncoder:
         out[..., : self.n_out] = table[lut[y]]
         if neg_mask is not None:
             out[neg_mask, : self.n_out] = -1
-        out[..., self.n_out:] = label_set.leaf_group.astype(np.float32)
+        out[..., self.n_out:] = self.leaf_groups(label_set)
         return out
 
 
-class HierStarDistData2D(StarDistData2D):
+class HierStarDistData2D(PatchData2D):
     """Stock StarDist training data with hierarchical class targets.
 
-    Takes the arguments of :class:`stardist.models.StarDistData2D` plus:
+    Takes the arguments of :class:`stardist.models.StarDistData2D` and of
+    :class:`~stardist_hier.model.sampling.PatchData2D` (``normalize``: raw images normalised
+    per drawn patch; :meth:`~.PatchData2D.reseed`, :meth:`~.PatchData2D.seed_batch_order`) plus:
 
     Parameters
     ----------
@@ -191,22 +217,25 @@ class HierStarDistData2D(StarDistData2D):
     classes : sequence
         Per image: dict ``{instance id: dataset class id or None}``, a single class id, or
         ``None`` (unknown class for every object).
+    unannotated_mode : {'background', 'marginal'}
+        Background pixels of non-exhaustive label sets (:class:`ClassTargetEncoder`;
+        config ``train_unannotated_mode``).
 
     Notes
     -----
     The stock ``__getitem__`` runs unchanged (built with ``n_classes=None`` so it does not
     make its own one-hot class target); each sample it draws is captured as it leaves the
-    augmenter and its label patch encoded here, with the same subsampling (``zoom``, order 0)
-    and the same negative-label mask as stock StarDist uses for its class target. Every batch
-    checks that the captured samples are exactly the batch's images, in order (else
-    :class:`RuntimeError`: stock's data pipeline changed). The capture is per thread, so
-    batches may be built in several threads; in worker processes each has its own copy.
-    :meth:`reseed` reseeds a worker.
+    augmenter (:meth:`.PatchData2D.draw`) and its label patch encoded here, with the same
+    subsampling (``zoom``, order 0) and the same negative-label mask as stock StarDist uses for
+    its class target. Every batch checks that the captured samples are exactly the batch's
+    images, in order (else :class:`RuntimeError`: stock's data pipeline changed). The capture
+    is per thread, so batches may be built in several threads; in worker processes
+    (:mod:`stardist_hier.model.pipeline`) each has its own copy. :meth:`reseed` reseeds a worker.
     """
 
     def __init__(self, X, Y, batch_size, n_rays, length, hierarchy, label_sets, classes=None,
                  patch_size=(256, 256), b=32, grid=(1, 1), shape_completion=False, augmenter=None,
-                 foreground_prob=0, n_classes=None, **kwargs):
+                 foreground_prob=0, n_classes=None, unannotated_mode="background", **kwargs):
         if not isinstance(hierarchy, ClassHierarchy):
             raise TypeError("hierarchy must be a ClassHierarchy")
         if n_classes is not None and n_classes != hierarchy.n_classes:
@@ -218,38 +247,16 @@ class HierStarDistData2D(StarDistData2D):
             raise ValueError(f"classes has {len(self.classes)} entries but there are {len(X)} images")
         for k, (y, c, ls) in enumerate(zip(Y, self.classes, self.label_sets)):
             check_instance_classes(y, c, ls, where=f"image {k} (label set '{ls.name}')")
-        self.encoder = ClassTargetEncoder(hierarchy.n_classes + 1)
+        self.encoder = ClassTargetEncoder(hierarchy.n_classes + 1, unannotated_mode=unannotated_mode)
         self._outside_cache = {}
-        self._captured = threading.local()
-        self.user_augmenter = augmenter
-
-        def recording_augmenter(x, y):
-            if self.user_augmenter is not None:
-                x, y = self.user_augmenter(x, y)
-            self._captured.samples.append((x, y))
-            return x, y
-
         super().__init__(X, Y, batch_size=batch_size, n_rays=n_rays, length=length,
                          n_classes=None, classes=None, patch_size=patch_size, b=b, grid=grid,
-                         shape_completion=shape_completion, augmenter=recording_augmenter,
+                         shape_completion=shape_completion, augmenter=augmenter,
                          foreground_prob=foreground_prob, **kwargs)
         # the stock constructor resets ``classes``; ``n_classes`` must stay None there so that
         # the stock ``__getitem__`` skips its own one-hot class target
         self.classes = (None,) * len(X) if classes is None else tuple(classes)
         self.n_leaf_classes = hierarchy.n_classes
-
-    def reseed(self, seed):
-        """Reseed the randomness of batch building, e.g. once in each worker process.
-
-        Stock StarDist draws patches from numpy's global random state, which is seeded here;
-        an augmenter with a ``reseed(seed)`` method (such as
-        :class:`stardist_hier.augment.ClassAwareAugmenter`) is reseeded too. Nothing else in
-        this class is random: the caches it keeps are deterministic.
-        """
-        np.random.seed(seed)
-        reseed = getattr(self.user_augmenter, "reseed", None)
-        if callable(reseed):
-            reseed(seed)
 
     def _outside_mask(self, shape):
         """Grid cells where stock StarDist's class target is all zeros (so no class loss).
@@ -283,20 +290,6 @@ class HierStarDistData2D(StarDistData2D):
         return np.stack(out)
 
     def __getitem__(self, i):
-        self._captured.samples = []
-        try:
-            inputs, (prob, dist_and_mask) = super().__getitem__(i)
-            samples = self._captured.samples
-        finally:
-            self._captured.samples = []
-        idx = self.batch(i)
-        images = inputs[0]
-        same = len(samples) == len(idx) == len(images) and all(
-            np.array_equal(np.asarray(x).reshape(img.shape), img, equal_nan=True)
-            for (x, _), img in zip(samples, images))
-        if not same:
-            raise RuntimeError(f"batch {i}: stock StarDistData2D.__getitem__ passed {len(samples)} sample(s) through "
-                               f"the augmenter for a batch of {len(idx)}, or not in the batch's order, so the "
-                               f"class targets cannot be matched to the images (stardist's data pipeline changed)")
+        inputs, (prob, dist_and_mask), samples, idx = self.draw(i)
         prob_class = self.class_target([y for _, y in samples], idx)
         return inputs, (prob, dist_and_mask, prob_class)

@@ -1,21 +1,27 @@
 """The training loop of :class:`~stardist_hier.model.HierStarDist2D` (its ``train`` method).
 
 One loop for models with and without classes: stock StarDist's data pipeline
-(:class:`stardist.models.model2d.StarDistData2D`, or :class:`.targets.HierStarDistData2D`
-with the hierarchical class targets), validation patches drawn once per label set, a fresh
-best-weights checkpoint per call, optional early stopping, extra callbacks, ``initial_epoch``
-and ``verbose``.
+(:class:`.sampling.PatchData2D`, which runs :class:`stardist.models.model2d.StarDistData2D`,
+or :class:`.targets.HierStarDistData2D` with the hierarchical class targets), validation
+patches drawn once per label set, a fresh best-weights checkpoint per call, optional early
+stopping, extra callbacks, ``initial_epoch`` and ``verbose``; batches built in worker
+processes (``workers``, :mod:`.pipeline`), raw images normalised per patch (``normalize``,
+:mod:`.sampling`), mixed precision and distribution strategies (:mod:`.distribute`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from numbers import Integral
 
 import numpy as np
 
 from .callbacks import PerDatasetValidation
-from .inputs import check_training_images
+from .class_rule import record_training_labels
+from .inputs import UnnormalizedInputError, check_training_images
+from .pipeline import ParallelBatches, check_workers
+from .sampling import PatchData2D
 from .targets import HierStarDistData2D, resolve_label_sets
 
 __all__ = ["train_model", "check_data", "parse_classes"]
@@ -36,7 +42,11 @@ def check_data(X, Y, what, check_normalized=True):
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise ValueError(f"{what}: image {k} contains NaN or infinite values")
     if check_normalized:
-        check_training_images(X, what)
+        try:
+            check_training_images(X, what)
+        except UnnormalizedInputError as e:
+            raise UnnormalizedInputError(f"{e}; or keep the raw images and pass train(..., normalize=True), which "
+                                         f"normalises every drawn patch as normalize_image normalises its image") from None
 
 
 def parse_classes(classes, label_sets, what):
@@ -93,23 +103,29 @@ def _validation_split(validation_data, multiclass):
 
 def train_model(model, X, Y, validation_data, classes="auto", augmenter=None, seed=None, epochs=None,
                 steps_per_epoch=None, workers=1, dataset=None, callbacks=None, initial_epoch=0, verbose=1,
-                early_stopping_monitor="val_loss"):
+                early_stopping_monitor="val_loss", normalize=False, strategy=None):
     """``HierStarDist2D.train`` (see there for the parameters)."""
-    from csbdeep.utils.tf import IS_KERAS_3_PLUS
-    from keras.callbacks import EarlyStopping, ModelCheckpoint
-    from stardist.models.model2d import StarDistData2D
+    from .distribute import check_batch_size, check_precision, prepare_network, resolve_strategy
 
     config = model.config
     multiclass = model._is_multiclass()
+    workers = check_workers(workers)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize={normalize!r}: True (raw images, normalised per drawn patch) or False")
+    precision = check_precision(config.train_mixed_precision)
+    strategy = resolve_strategy(config.train_distribute if strategy is None else strategy,
+                                what="train_distribute" if strategy is None else "strategy")
+    check_batch_size(config.train_batch_size, strategy)
     if seed is not None:
         np.random.seed(seed)
     epochs = config.train_epochs if epochs is None else epochs
     steps_per_epoch = config.train_steps_per_epoch if steps_per_epoch is None else steps_per_epoch
 
-    check_data(X, Y, "training data", config.check_normalized_input)
+    check_normalized = config.check_normalized_input and not normalize
+    check_data(X, Y, "training data", check_normalized)
     validation_data = _validation_split(validation_data, multiclass)
     X_val, Y_val = validation_data[0], validation_data[1]
-    check_data(X_val, Y_val, "validation data", config.check_normalized_input)
+    check_data(X_val, Y_val, "validation data", check_normalized)
     if multiclass:
         label_sets = resolve_label_sets(model.hierarchy, dataset, len(X))
         classes = parse_classes(classes, label_sets, "training data")
@@ -136,22 +152,46 @@ def train_model(model, X, Y, validation_data, classes="auto", augmenter=None, se
         if early_stopping_monitor not in known:
             raise ValueError(f"early_stopping_monitor={early_stopping_monitor!r}: use one of {sorted(known)}")
     _check_patch_size(config, model._axes_div_by(config.axes.replace("C", "")))
-    if not model._model_prepared:
-        model.prepare_for_training()
+    prepare_network(model, strategy, precision)  # rebuilt in the strategy's scope / precision if needed
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if not model._model_prepared:
+            model.prepare_for_training()
+        history = _fit(model, X, Y, classes, label_sets if multiclass else None, (X_val, Y_val), classes_val if
+                       multiclass else None, label_sets_val if multiclass else None, set_names, augmenter=augmenter,
+                       seed=seed, epochs=epochs, steps_per_epoch=steps_per_epoch, workers=workers,
+                       callbacks=callbacks, initial_epoch=initial_epoch, verbose=verbose,
+                       early_stopping_monitor=early_stopping_monitor, normalize=normalize, strategy=strategy)
+    model._training_finished()
+    if multiclass:
+        record_training_labels(model, Y, classes, label_sets)  # config trained_label_counts
+    if multiclass and len({ls.name for ls in label_sets}) == 1 and config.default_label_set != label_sets[0].name:
+        config.default_label_set = label_sets[0].name
+        model.save_config()
+    return history
 
+
+def _fit(model, X, Y, classes, label_sets, val, classes_val, label_sets_val, set_names, augmenter, seed, epochs,
+         steps_per_epoch, workers, callbacks, initial_epoch, verbose, early_stopping_monitor, normalize, strategy):
+    """Data generators, callbacks and ``fit`` of :func:`train_model` (its arguments checked)."""
+    from keras.callbacks import EarlyStopping, ModelCheckpoint
+
+    from .distribute import multi_worker_fixes
+
+    config = model.config
+    multiclass = label_sets is not None
+    X_val, Y_val = val
     data_kwargs = dict(n_rays=config.n_rays, patch_size=config.train_patch_size, grid=config.grid,
                        shape_completion=config.train_shape_completion, b=config.train_completion_crop,
                        use_gpu=config.use_gpu, foreground_prob=config.train_foreground_only,
-                       sample_ind_cache=config.train_sample_cache)
-    if IS_KERAS_3_PLUS:
-        data_kwargs["keras_kwargs"] = dict(workers=workers, use_multiprocessing=workers > 1)
+                       sample_ind_cache=config.train_sample_cache, normalize=normalize)
 
     # validation patches are drawn once per label set, so the per-dataset losses and the
     # overall val_loss are computed on the same patches
     n_val = lambda n: n if config.train_n_val_patches is None else config.train_n_val_patches  # noqa: E731
     val_by_set = {}
     if multiclass:
-        hier_kwargs = dict(data_kwargs, hierarchy=model.hierarchy)
+        hier_kwargs = dict(data_kwargs, hierarchy=model.hierarchy,
+                           unannotated_mode=getattr(config, "train_unannotated_mode", "background"))
         for name in set_names:
             idx = [k for k, ls in enumerate(label_sets_val) if ls.name == name]
             gen = HierStarDistData2D([X_val[k] for k in idx], [Y_val[k] for k in idx],
@@ -165,9 +205,9 @@ def train_model(model, X, Y, validation_data, classes="auto", augmenter=None, se
                                               batch_size=config.train_batch_size, augmenter=augmenter,
                                               length=epochs * steps_per_epoch, **hier_kwargs)
     else:
-        data_val = StarDistData2D(X_val, Y_val, batch_size=n_val(len(X_val)), length=1, **data_kwargs)[0]
-        model.data_train = StarDistData2D(X, Y, batch_size=config.train_batch_size, augmenter=augmenter,
-                                          length=epochs * steps_per_epoch, **data_kwargs)
+        data_val = PatchData2D(X_val, Y_val, batch_size=n_val(len(X_val)), length=1, **data_kwargs)[0]
+        model.data_train = PatchData2D(X, Y, batch_size=config.train_batch_size, augmenter=augmenter,
+                                       length=epochs * steps_per_epoch, **data_kwargs)
 
     # a fresh best-weights checkpoint per call: val_loss of a new dataset is not
     # comparable with the previous episode's best
@@ -179,12 +219,14 @@ def train_model(model, X, Y, validation_data, classes="auto", augmenter=None, se
                                            patience=config.train_early_stopping_patience, verbose=verbose))
     fit_callbacks += list(callbacks or [])
 
-    history = model.keras_model.fit(iter(model.data_train), validation_data=data_val, epochs=epochs,
-                                    initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                                    callbacks=fit_callbacks, verbose=verbose,
-                                    validation_batch_size=config.train_batch_size)
-    model._training_finished()
-    if multiclass and len({ls.name for ls in label_sets}) == 1 and config.default_label_set != label_sets[0].name:
-        config.default_label_set = label_sets[0].name
-        model.save_config()
-    return history
+    if workers == 1:
+        batches = contextlib.nullcontext(iter(model.data_train))  # stock's one-thread path: today's batches
+    else:
+        seed = int(np.random.randint(2**31 - 1)) if seed is None else seed
+        batches = ParallelBatches(model.data_train, workers, seed, steps_per_epoch,
+                                  start=initial_epoch * steps_per_epoch, stop=epochs * steps_per_epoch)
+    with batches as data_train, multi_worker_fixes(model.keras_model, strategy, data_val):
+        return model.keras_model.fit(iter(data_train), validation_data=data_val, epochs=epochs,
+                                     initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                                     callbacks=fit_callbacks, verbose=verbose,
+                                     validation_batch_size=config.train_batch_size)
