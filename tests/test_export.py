@@ -159,6 +159,20 @@ def test_written_class_files_and_groovy(tiny):
     assert set(tiny["results"]["onnx_pannuke"].files) == {"model", "classes_txt", "classes_json"}  # no script
 
 
+def test_groovy_pixel_size_is_the_models_unless_given(tiny, tmp_path):
+    model = tiny["model"]
+    assert ".pixelSize(0.5)" in tiny["results"]["pb"].files["groovy"].read_text()  # no pixel_size_um: 0.5
+    saved = model.config.pixel_size_um
+    try:
+        model.config.pixel_size_um = 0.25
+        own = export_model(model, tmp_path / "own", "pb", verify=False)
+        given = export_model(model, tmp_path / "given", "pb", verify=False, pixel_size=1.0)
+    finally:
+        model.config.pixel_size_um = saved
+    assert ".pixelSize(0.25)" in own.files["groovy"].read_text()
+    assert ".pixelSize(1)" in given.files["groovy"].read_text()
+
+
 # -- the rewritten layers against independent numpy references --------------------------------
 
 

@@ -27,8 +27,9 @@ def add_arguments(parser):
     parser.add_argument("--format", required=True, choices=FORMAT_CHOICES,
                         help="pb (QuPath, OpenCV), onnx or savedmodel")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--pixel-size", type=float, default=0.5, metavar="UM",
-                        help="pixel size (µm) of the training images, written into the QuPath script (default: 0.5)")
+    parser.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                        help="pixel size (µm) of the training images, written into the QuPath script "
+                             "(default: the model's pixel_size_um, else 0.5)")
     parser.add_argument("--no-verify", action="store_true",
                         help="do not run the written export to compare it with the Keras network")
     add_output_flags(parser)

@@ -68,7 +68,7 @@ def default_stem(model, label_set=None):
     return name if label_set is None else f"{name}_{label_set}"
 
 
-def export_model(model, out, format="pb", label_set=None, stem=None, verify=True, pixel_size=0.5):
+def export_model(model, out, format="pb", label_set=None, stem=None, verify=True, pixel_size=None):
     """Export ``model`` in QuPath's layout into the folder ``out``.
 
     Parameters
@@ -87,8 +87,9 @@ def export_model(model, out, format="pb", label_set=None, stem=None, verify=True
         Run the written export (TensorFlow for ``pb``/``savedmodel``, onnxruntime for
         ``onnx`` when installed) on a random input and raise :class:`ExportError` if it
         differs from the Keras network by more than :data:`VERIFY_ATOL`.
-    pixel_size : float
-        Pixel size (µm) put into the Groovy snippet.
+    pixel_size : float or None
+        Pixel size (µm) put into the Groovy snippet; ``None``: the model's ``pixel_size_um``
+        (the training images'), else 0.5 µm (40x).
 
     Returns
     -------
@@ -107,6 +108,8 @@ def export_model(model, out, format="pb", label_set=None, stem=None, verify=True
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     out = check_output_dir(out)
+    if pixel_size is None:
+        pixel_size = getattr(model.config, "pixel_size_um", None) or 0.5
     keras_model, layout = qupath_model(model, label_set)  # checks the layout first
     stem = stem or default_stem(model, label_set)
     out.mkdir(parents=True, exist_ok=True)
