@@ -324,3 +324,33 @@ def test_episode_keys_keep_the_old_form_and_include_mix_weights(data):
     state = dict(best=1.0, best_epoch=1, wait=0, lr_wait=0, stopped_early=False)
     assert update_monitor_state(state, 2.0, 2, 1e-3, dict(early_stopping_patience=1), "val_loss_mine")[2]
     assert state["stop_reason"] == "early_stopping_patience: val_loss_mine has not improved for 1 epochs"
+
+
+def test_lizard_folds_are_found_with_splits_auto(tmp_path):
+    """Lizard prepared with its info.csv has fold1..fold3 only: 'auto' uses them, as for PanNuke."""
+    import stardist_hier.patches as P
+    from stardist_hier.experiments.data import resolve_splits
+
+    for split in ("fold1", "fold2", "fold3"):
+        P.write_patch(tmp_path, "lizard", split, f"{split}_0", np.zeros((256, 256, 3), np.uint8),
+                      np.zeros((256, 256, 2), np.int32))
+    assert resolve_splits(tmp_path, "lizard") == dict(train="fold1", val="fold2", test="fold3")
+    with pytest.raises(MissingDataError, match="lacks split"):
+        resolve_splits(tmp_path, "consep")
+
+
+def test_runner_trains_on_raw_images_normalised_per_patch(data, monkeypatch):
+    """The runner keeps uint8 images in memory and lets train(normalize=True) normalise each patch."""
+    from stardist_hier.model import HierStarDist2D
+
+    seen = {}
+
+    def spy(self, X, Y, validation_data, **kwargs):
+        seen.update(dtype=X[0].dtype, val_dtype=validation_data[0][0].dtype, normalize=kwargs.get("normalize"))
+        raise KeyboardInterrupt  # stop before training: only the call is checked
+
+    monkeypatch.setattr(HierStarDist2D, "train", spy)
+    cfg = make_row_config((2, 4), "smoke", **TINY_RUN)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, data, data.parent / "raw_runs", verbose=0)
+    assert seen == dict(dtype=np.uint8, val_dtype=np.uint8, normalize=True)

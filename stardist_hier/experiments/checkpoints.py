@@ -316,7 +316,7 @@ def train_episode(model, cfg, i, ep_dir, data, verbose, on_epoch_end):
         # batches that are consumed, so no prefetching thread outlives the call
         model.train(X, Y, validation_data=validation_data, classes=C, dataset=names, augmenter=augmenter, seed=seed,
                     epochs=remaining, steps_per_epoch=cfg["steps_per_epoch"], callbacks=[cb],
-                    verbose=1 if verbose >= 2 else 0, workers=cfg.get("workers", 1))
+                    verbose=1 if verbose >= 2 else 0, workers=cfg.get("workers", 1), normalize=True)
         if state["epochs_done"] < ep["epochs"] and not state["stopped_early"]:
             # fit returned before its epochs without the runner stopping it: say so in the
             # checkpoint before anything else, so that a resume does not train on

@@ -23,10 +23,11 @@ __all__ = ["MissingDataError", "SPLIT_CHOICES", "PAPER_DATASETS", "resolve_split
 
 #: Split folders tried for each role, in order: the first complete set wins. PanNuke's
 #: prepared data has the official folds only (fold 1 trains, fold 2 validates, fold 3
-#: tests, the PanNuke protocol); the synthetic sets and the other datasets have
-#: train/val/test.
+#: tests, the PanNuke protocol), and so has Lizard's when prepared with its ``info.csv``;
+#: the synthetic sets and the other datasets have train/val/test.
 SPLIT_CHOICES = {
     "pannuke": [dict(train="train", val="val", test="test"), dict(train="fold1", val="fold2", test="fold3")],
+    "lizard": [dict(train="train", val="val", test="test"), dict(train="fold1", val="fold2", test="fold3")],
 }
 DEFAULT_SPLIT_CHOICES = [dict(train="train", val="val", test="test")]
 
@@ -55,8 +56,8 @@ def _split_complete(root, dataset, split, index):
 def resolve_splits(data_root, dataset, roles=("train", "val", "test"), splits="auto"):
     """Split folders of ``dataset`` for each role, or raise :class:`MissingDataError`.
 
-    ``splits='auto'`` tries :data:`SPLIT_CHOICES` (``train/val/test``, for PanNuke also the
-    folds); a dict ``{dataset: {role: folder}}`` names them.
+    ``splits='auto'`` tries :data:`SPLIT_CHOICES` (``train/val/test``, for PanNuke and Lizard
+    also the folds); a dict ``{dataset: {role: folder}}`` names them.
     """
     root = Path(data_root)
     if isinstance(splits, dict) and dataset in splits:

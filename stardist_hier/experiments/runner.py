@@ -339,7 +339,9 @@ def _load_data(cfg, data_root, h, episodes, verbose):
             if ds in data[role]:
                 continue
             ids = select_ids(data_root, ds, splits[ds][role], cfg["max_images"][role], cfg["seed"])
-            X, Y, C = P.load_split(data_root, ds, splits[ds][role], ids=ids, label_set=h.label_set(ds))
+            # raw (uint8) images: train(normalize=True) normalises each drawn patch as
+            # normalize_image would the image, so a run holds a quarter of float32's memory
+            X, Y, C = P.load_split(data_root, ds, splits[ds][role], normalize=False, ids=ids, label_set=h.label_set(ds))
             small = [k for k, x in enumerate(X) if x.shape[0] < ps[0] or x.shape[1] < ps[1]]
             if small:
                 raise RunConfigError(f"dataset '{ds}': {len(small)} {role} images are smaller than "

@@ -89,7 +89,7 @@ def export_model(model, out, format="pb", label_set=None, stem=None, verify=True
         differs from the Keras network by more than :data:`VERIFY_ATOL`.
     pixel_size : float or None
         Pixel size (µm) put into the Groovy snippet; ``None``: the model's ``pixel_size_um``
-        (the training images'), else 0.5 µm (40x).
+        (the training images'), else 0.5 µm (about 20x).
 
     Returns
     -------
