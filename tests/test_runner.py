@@ -354,3 +354,20 @@ def test_runner_trains_on_raw_images_normalised_per_patch(data, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, data, data.parent / "raw_runs", verbose=0)
     assert seen == dict(dtype=np.uint8, val_dtype=np.uint8, normalize=True)
+
+
+def test_model_stores_the_pixel_size_of_its_training_data(shared_runs):
+    """Published datasets of one pixel size (0.25 µm here): the model keeps it; mixed or unknown: none."""
+    from stardist_hier.experiments.runner import model_params
+
+    from stardist_hier.model.folder import read_config
+
+    assert read_config(Path(shared_runs["t3"].run_dir) / "model").pixel_size_um == 0.25
+    cfg = make_row_config((3, 6), "smoke", **TINY_RUN)
+    assert model_params(cfg)["pixel_size_um"] == 0.25
+    given = dict(cfg, model=dict(cfg["model"], pixel_size_um=0.3))
+    assert model_params(given)["pixel_size_um"] == 0.3
+    with_lizard = dict(cfg, episodes=[dict(cfg["episodes"][0], dataset="lizard")] + cfg["episodes"][1:])
+    assert "pixel_size_um" not in model_params(with_lizard)
+    own = dict(cfg, episodes=[dict(cfg["episodes"][0], dataset="mine")])
+    assert "pixel_size_um" not in model_params(own)

@@ -262,7 +262,8 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
     for i in todo:
         if model is None:
             with _stock_prints(verbose):
-                model = build_model(hier_arg, cfg["model"], seed=cfg["seed"], deterministic=cfg["deterministic"])
+                model = build_model(hier_arg, model_params(cfg, verbose), seed=cfg["seed"],
+                                    deterministic=cfg["deterministic"])
             if i > 0:
                 load_episode_into(model, ep_dirs[i - 1])
         ep_dirs[i].mkdir(parents=True, exist_ok=True)
@@ -322,6 +323,31 @@ def run_experiment(config, data_root, out, cache_dir=None, verbose=1, overwrite=
             + (f"  | paper PQ {cfg['paper_row']['pq']:.4f}" if cfg.get("paper_row") else ""), verbose)
     log(f"[{cfg['name']}] done in {info['seconds']:.1f} s -> {run_dir}", verbose)
     return load_run(run_dir)
+
+
+def model_params(cfg, verbose=0):
+    """The run's ``model:`` parameters, with ``pixel_size_um`` filled in when the data says it.
+
+    When ``model:`` does not give ``pixel_size_um`` and every dataset the run trains on is a
+    published one of the same pixel size (:func:`stardist_hier.readers.registry.pixel_size_um`),
+    the model stores that size (``predict`` resamples slides to it). Otherwise it stays unset,
+    with a note when the datasets disagree.
+    """
+    from ..readers.registry import pixel_size_um
+
+    params = dict(cfg["model"])
+    if params.get("pixel_size_um") is not None:
+        return params
+    datasets = sorted({d for ep in cfg["episodes"] for d in episode_datasets(ep)})
+    sizes = {d: pixel_size_um(d) for d in datasets}
+    known = set(sizes.values()) - {None}
+    if len(known) == 1 and None not in sizes.values():
+        params["pixel_size_um"] = known.pop()
+    elif len(known) > 1:
+        given = ", ".join(f"{d} {v:g} µm" for d, v in sizes.items() if v)
+        log(f"  note: the training datasets have different pixel sizes ({given}); the model stores none: "
+            f"set model.pixel_size_um", verbose)
+    return params
 
 
 def _load_data(cfg, data_root, h, episodes, verbose):

@@ -5,7 +5,9 @@ A reader module (one per dataset) defines
 * ``NAME``: dataset folder name under ``--out``; ``LABEL_SET``: label set of the default
   hierarchy its class ids belong to; ``DOWNLOAD_URL``: the page the dataset is downloaded
   from (:func:`stardist_hier.readers.download_url` looks it up by name, and error
-  messages about a missing download point to it);
+  messages about a missing download point to it); ``PIXEL_SIZE_UM``: the images' pixel size
+  (:func:`stardist_hier.readers.registry.pixel_size_um`; a run trained on datasets that agree
+  stores it with the model);
 * ``find_samples(src) -> list of Sample``: every labelled image of the download, with its
   official split; raises :class:`ReaderError` for a missing or misspelled folder. It may
   take the keyword ``on_bad`` (called with ``(path, problem)`` for a bad file found while

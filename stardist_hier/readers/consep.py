@@ -33,6 +33,8 @@ NAME = "consep"
 LABEL_SET = "consep"
 #: where the dataset is downloaded from
 DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/"
+#: pixel size of the images, µm (CoNSeP: 40x, 0.25 µm/px)
+PIXEL_SIZE_UM = 0.25
 CHUNK = 1
 VAL_FROM = "train"
 SPLIT_FROM_FOLDER = True

@@ -38,6 +38,8 @@ NAME = "lizard"
 LABEL_SET = "lizard"
 #: where the dataset is downloaded from
 DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/lizard/"
+#: pixel size of the images, µm (Lizard: 20x, about 0.5 µm/px)
+PIXEL_SIZE_UM = 0.5
 CHUNK = 1
 VAL_FROM = "train"  # replaced by None when info.csv gives the folds (see find_samples)
 N_CLASSES = 6
@@ -193,6 +195,7 @@ class _ConicReader:
     NAME = "conic"
     LABEL_SET = "conic"
     DOWNLOAD_URL = "https://conic-challenge.grand-challenge.org/"
+    PIXEL_SIZE_UM = 0.5  # CoNIC's patches are Lizard's 20x images
     CHUNK = 32
     VAL_FROM = "train"
     find_samples = staticmethod(conic_find_samples)

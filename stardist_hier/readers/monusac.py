@@ -36,6 +36,8 @@ NAME = "monusac"
 LABEL_SET = "monusac"
 #: where the dataset is downloaded from
 DOWNLOAD_URL = "https://monusac-2020.grand-challenge.org/Data/"
+#: pixel size of the images, µm (MoNuSAC: 40x, about 0.25 µm/px)
+PIXEL_SIZE_UM = 0.25
 CHUNK = 1
 VAL_FROM = "train"
 SPLIT_FROM_FOLDER = True

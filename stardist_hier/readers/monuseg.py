@@ -24,6 +24,8 @@ NAME = "monuseg"
 LABEL_SET = "monuseg"
 #: where the dataset is downloaded from
 DOWNLOAD_URL = "https://monuseg.grand-challenge.org/Data/"
+#: pixel size of the images, µm (MoNuSeg: 40x, about 0.25 µm/px (MicronsPerPixel 0.2525 in its XML))
+PIXEL_SIZE_UM = 0.25
 CHUNK = 1
 VAL_FROM = "train"
 SPLIT_FROM_FOLDER = True

@@ -45,6 +45,8 @@ NAME = "pannuke"
 LABEL_SET = "pannuke"
 #: where the dataset is downloaded from
 DOWNLOAD_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke"
+#: pixel size of the images, µm (PanNuke: 40x, 0.25 µm/px (reference/datasets.md))
+PIXEL_SIZE_UM = 0.25
 CHUNK = 16
 VAL_FROM = None
 CLASS_NAMES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")

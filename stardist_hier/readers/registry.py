@@ -13,7 +13,7 @@ import importlib
 
 from ..patches import PUBLISHED_DATASETS
 
-__all__ = ["DATASETS", "USER_FORMATS", "get_reader", "user_reader", "download_url"]
+__all__ = ["DATASETS", "USER_FORMATS", "get_reader", "user_reader", "download_url", "pixel_size_um"]
 
 DATASETS = PUBLISHED_DATASETS
 
@@ -58,5 +58,17 @@ def download_url(name):
     """Where dataset ``name`` is downloaded from (``None`` for your own data or a dataset without a reader)."""
     try:
         return get_reader(name).DOWNLOAD_URL
+    except ValueError:
+        return None
+
+
+def pixel_size_um(name):
+    """Pixel size (µm) of a published dataset's images (``PIXEL_SIZE_UM``); ``None`` when not known.
+
+    Your own data and datasets without a reader have none: give it to the model as
+    ``pixel_size_um`` (the run config's ``model:``).
+    """
+    try:
+        return getattr(get_reader(name), "PIXEL_SIZE_UM", None)
     except ValueError:
         return None
