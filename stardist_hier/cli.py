@@ -21,7 +21,8 @@ from . import __version__
 #: subcommand -> (module, one-line help)
 COMMANDS = {
     "hierarchy": ("stardist_hier.commands.hierarchy", "validate a hierarchy YAML and print its tree and label sets"),
-    "prepare": ("stardist_hier.commands.prepare", "convert a dataset's native download into 256x256 TIFF patches"),
+    "prepare": ("stardist_hier.commands.prepare", "convert a published dataset's download, or your own images with masks or QuPath "
+                "GeoJSON (prepare folder / qupath), into 256x256 TIFF patches"),
     "evaluate": ("stardist_hier.commands.evaluate", "score a model or saved predictions: bPQ, mPQ, mPQ+, F1, R2"),
     "synth": ("stardist_hier.commands.synth", "generate the synthetic hierarchical H&E datasets"),
     "demo": ("stardist_hier.commands.demo", "run the miniature version of the paper's experiments end to end"),
@@ -50,7 +51,9 @@ def build_parser():
             if e.name != module_name:
                 raise
             continue  # command not available in this build
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        # the modules' docstrings are laid out by hand (usage lines, lists): keep their lines
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
