@@ -152,9 +152,11 @@ class HierConfig2D(Config2D):
         it to that label set (the model's most recent training data); set it by hand to
         change it. ``None``: leaf ids (label set ``'leaves'``, class id i = leaf channel i).
     pixel_size_um : float or None
-        Micrometres per pixel of the training images (e.g. 0.25 at 40x, 0.5 at 20x), for a
-        predictor that resamples other images to the model's scale. ``None``: unknown. The
-        model only stores it.
+        Micrometres per pixel of the training images (e.g. 0.25 at 40x, 0.5 at 20x). The model
+        only stores it; ``stardist-hier predict`` resamples slides to it and ``export`` writes it
+        into the QuPath script. ``stardist-hier train`` sets it when every training dataset is a
+        published one of the same pixel size (:func:`stardist_hier.experiments.runner.model_params`).
+        ``None``: unknown.
     check_normalized_input : bool
         ``True`` (default): the model is trained on normalised images
         (:func:`stardist_hier.patches.normalize_image`), ``train`` refuses images that look
