@@ -163,3 +163,43 @@ def test_quick_run_resumes(bench, root, tmp_path, capsys):
     assert len(bench.read_results(out)) == 2
     md = (out / "summary.md").read_text()
     assert "| 4 | hier_mixed |" in md and "| hier_mixed | stock_mixed | 1 |" in md
+
+
+def test_keeping_pairs_classes_and_resumes(root, tmp_path, capsys):
+    """bench_realdata_keeping --quick: both modes recorded per seed, the first episode trained once, resumed."""
+    keeping = _load("bench_realdata_keeping")
+    out = tmp_path / "keep"
+    keeping.main(["--out", str(out), "--quick", "--seeds", "0", "--data", str(root)])
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["mode"]) for r in recs] == [(0, "sum"), (0, "equal_logit")]
+    for r in recs:
+        for name in keeping.IMAGES:
+            assert 0 <= r[name]["n_paired"] <= min(r[name]["n_before"], r[name]["n_after"])
+            assert sum(r[name]["before"].values()) == r[name]["n_before"]
+    assert len(list((out / "weights").glob("seed0_*.pkl"))) == 1  # the HGSC episode, shared by both modes
+    assert "| sum | hgsc | 1 |" in (out / "summary.md").read_text()
+    keeping.main(["--out", str(out), "--quick", "--seeds", "0", "--data", str(root)])
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2  # nothing run again
+
+
+def test_paired_classes_against_a_loop():
+    """paired_classes: the classes of nuclei that overlap with IoU > 0.5, as a plain loop finds them."""
+    paired_classes = _load("bench_coarse_labels").paired_classes
+    rng = np.random.default_rng(0)
+    a, b = np.zeros((40, 40), np.int32), np.zeros((40, 40), np.int32)
+    for k in range(1, 9):
+        y, x = rng.integers(0, 32, 2)
+        a[y:y + 6, x:x + 6] = k
+        dy, dx = rng.integers(-2, 3, 2) if k % 3 else (20, 20)  # some move far: no pair
+        yy, xx = np.clip(y + dy, 0, 34), np.clip(x + dx, 0, 34)
+        b[yy:yy + 6, xx:xx + 6] = k
+    ca, cb = rng.integers(1, 4, a.max()), rng.integers(1, 4, b.max())
+    want = []
+    for i in range(1, a.max() + 1):
+        for j in range(1, b.max() + 1):
+            inter = np.sum((a == i) & (b == j))
+            union = np.sum((a == i) | (b == j))
+            if union and inter / union > 0.5:
+                want.append((ca[i - 1], cb[j - 1]))
+    got_a, got_b = paired_classes(a, ca, b, cb)
+    assert sorted(zip(got_a.tolist(), got_b.tolist())) == sorted((int(x), int(y)) for x, y in want)
