@@ -10,7 +10,9 @@
 * :mod:`.paper_tables`: the rows of Tables II and III;
 * :mod:`.report`: the tables and figures of run folders, notebook setup;
 * :mod:`.flatten`: labels flattened to the coarsest common level (the claim study's variant (e));
-* :mod:`.claim`: the benchmark of the paper's claim (variants side by side);
+* :mod:`.claim`: the study of the paper's claim (variants, settings); :mod:`.claim_train` trains
+  a variant to convergence, :mod:`.claim_study` runs and resumes it, :mod:`.claim_report`
+  summarises it (paired intervals, the answer, learning curves);
 * :mod:`.demo`: the project's main job in miniature.
 
 These modules import the core (:mod:`stardist_hier.hierarchy`, :mod:`~stardist_hier.patches`,
