@@ -274,8 +274,10 @@ def variant_applies(name, target, source, hierarchy="default", data=None):
             trained = [target]
         partial = [ds for ds in trained if not h.label_set(ds).exhaustive]
         if not partial:
-            return False, f"{' and '.join(trained)} annotate every nucleus (exhaustive label sets)"
-        return True, f"{', '.join(partial)} is not exhaustive"
+            one = len(trained) == 1
+            return False, (f"{' and '.join(trained)} annotate{'s' if one else ''} every nucleus "
+                           f"(exhaustive label set{'' if one else 's'})")
+        return True, f"{' and '.join(partial)} {'is' if len(partial) == 1 else 'are'} not exhaustive"
     return True, "an option variant"
 
 
