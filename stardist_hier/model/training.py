@@ -225,7 +225,10 @@ def _fit(model, X, Y, classes, label_sets, val, classes_val, label_sets_val, set
         seed = int(np.random.randint(2**31 - 1)) if seed is None else seed
         batches = ParallelBatches(model.data_train, workers, seed, steps_per_epoch,
                                   start=initial_epoch * steps_per_epoch, stop=epochs * steps_per_epoch)
-    with batches as data_train, multi_worker_fixes(model.keras_model, strategy, data_val):
+    with batches as data_train, multi_worker_fixes(model.keras_model, strategy, data_val), warnings.catch_warnings():
+        # Keras 3 warns that fit's default shuffle=True is ignored for a generator: the
+        # generator shuffles itself (stock StarDist passes the same iterator)
+        warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category=UserWarning)
         return model.keras_model.fit(iter(data_train), validation_data=data_val, epochs=epochs,
                                      initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                                      callbacks=fit_callbacks, verbose=verbose,
