@@ -210,12 +210,14 @@ def plot(recs, settings, path):
         return
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 1.5), 4.2))
     cmap = plt.get_cmap("tab10")
+    labelled = set()  # one legend entry per seed, whichever variant has it first
     for i, name in enumerate(names):
         seeds = sorted(by[name])
         b = np.array([by[name][s]["bPQ"] for s in seeds])
         off = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(1)
         for o, s, v in zip(off, seeds, b):
-            ax.scatter(i + o, v, color=cmap(s % 10), s=28, zorder=3, label=f"seed {s}" if i == 0 else None)
+            ax.scatter(i + o, v, color=cmap(s % 10), s=28, zorder=3, label=None if s in labelled else f"seed {s}")
+            labelled.add(s)
         ax.errorbar(i + 0.3, b.mean(), yerr=b.std(ddof=1) if len(b) > 1 else 0, fmt="_", color="k", ms=14,
                     capsize=3, zorder=2)
     ax.set_xticks(range(len(names)))
@@ -224,7 +226,9 @@ def plot(recs, settings, path):
     ax.set_ylabel(f"bPQ (IoU {settings.iou}) on MoNuSeg test rows")
     ax.set_title("Real-data benchmark: seeds as points, mean and sd in black", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: int(labels[k].split()[1]))
+    ax.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=7, loc="lower left")
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
