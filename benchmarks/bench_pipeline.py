@@ -245,13 +245,11 @@ print("RESULT " + json.dumps(dict(peak_rss_mb=round(status_mb("VmHWM"), 1), rss_
 
 
 def run_rss(out, n, mode, workers, cache, size):
-    script = out / "_rss_child.py"
-    script.write_text(RSS_CHILD)
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, str(script), str(n), mode, str(workers), str(cache), str(size)],
+    p = subprocess.run([sys.executable, "-c", RSS_CHILD, str(n), mode, str(workers), str(cache), str(size)],
                        capture_output=True, text=True, env=env, timeout=1800)
     lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
