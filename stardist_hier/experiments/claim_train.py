@@ -52,23 +52,17 @@ def run_seeds(seed, size):
                 target=derive_seed(seed, _TARGET, size), head=derive_seed(seed, _HEAD))
 
 
-def _optimizer(model):
-    """The model's built optimizer (the model prepared for training first)."""
-    if not model._model_prepared:
-        model.prepare_for_training()
-    opt = model.keras_model.optimizer
-    if not opt.built:
-        opt.build(model.keras_model.trainable_variables)
-    return opt
-
-
 def optimizer_values(model):
     """Every optimizer variable's value (moments, iteration count, learning rate), as arrays."""
-    return [np.array(v.numpy()) for v in _optimizer(model).variables]
+    from ..model.folder import built_optimizer
+
+    return [np.array(v.numpy()) for v in built_optimizer(model).variables]
 
 
 def set_optimizer_values(model, values):
-    variables = _optimizer(model).variables
+    from ..model.folder import built_optimizer
+
+    variables = built_optimizer(model).variables
     if len(variables) != len(values):
         raise ValueError(f"optimizer state of {len(values)} variables, the model's optimizer has {len(variables)}")
     for v, x in zip(variables, values):

@@ -29,7 +29,7 @@ from ..hierarchy import ClassHierarchy, HierarchyError
 from .config import HIER_CONFIG_DEFAULTS, HIER_CONFIG_FILE, HIERARCHY_FILE, HierConfig2D
 
 __all__ = ["write_config_files", "read_config", "save_weights", "write_model_folder", "save_optimizer_state",
-           "load_optimizer_state", "copy_optimizer_state", "weights_files"]
+           "load_optimizer_state", "copy_optimizer_state", "built_optimizer", "weights_files"]
 
 #: weight files StarDist writes into a model folder, in the order StarDist prefers them
 WEIGHTS_FILES = ("weights_best.h5", "weights_last.h5", "weights_now.h5")
@@ -134,7 +134,8 @@ def save_optimizer_state(optimizer, path):
     return atomic_save(path, lambda tmp: np.savez(tmp, _names=names, **values))
 
 
-def _built_optimizer(model):
+def built_optimizer(model):
+    """The model's Keras optimizer, built (the model prepared for training first)."""
     if not model._model_prepared:
         model.prepare_for_training()
     opt = model.keras_model.optimizer
@@ -145,7 +146,7 @@ def _built_optimizer(model):
 
 def load_optimizer_state(model, path):
     """Restore optimizer state saved by :func:`save_optimizer_state` (prepares the model for training first)."""
-    opt = _built_optimizer(model)
+    opt = built_optimizer(model)
     with np.load(path) as f:
         names = list(f["_names"])
         if len(names) != len(opt.variables):
@@ -157,8 +158,8 @@ def load_optimizer_state(model, path):
 
 def copy_optimizer_state(source, target):
     """Copy the optimizer state of one model into another with the same network."""
-    src = _built_optimizer(source)
-    dst = _built_optimizer(target)
+    src = built_optimizer(source)
+    dst = built_optimizer(target)
     if len(src.variables) != len(dst.variables):
         raise ValueError(f"optimizer states differ: {len(src.variables)} variables vs {len(dst.variables)}")
     for a, b in zip(src.variables, dst.variables):
