@@ -334,11 +334,12 @@ def softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
-def logit_grad(loss, y_true, logits):
+def logit_grads(loss, y_true, logits):
+    """Mean loss over a softmax of ``logits`` and its gradient at the logits."""
     z = tf.Variable(logits)
     with tf.GradientTape() as tape:
         value = tf.reduce_mean(loss(tf.constant(y_true), tf.nn.softmax(z)))
-    return tape.gradient(value, z).numpy()
+    return float(value), tape.gradient(value, z).numpy()
 
 
 def test_gradient_at_the_logits_is_proportional_to_each_leafs_probability(rng):
@@ -348,7 +349,7 @@ def test_gradient_at_the_logits_is_proportional_to_each_leafs_probability(rng):
     lsets = [H.label_set("coarse"), H.label_set("mixed")]
     labels = np.stack([random_labels(rng, shape[1:], ls, p_ignore=0.1) for ls in lsets])
     weights = rng.uniform(0.5, 2, N_OUT)
-    grad = logit_grad(modified_crossentropy(weights, N_OUT), pack(labels, lsets), logits)
+    _, grad = logit_grads(modified_crossentropy(weights, N_OUT), pack(labels, lsets), logits)
     y = softmax(logits.astype(np.float64))
     ref = np.zeros_like(y)
     for b in range(shape[0]):
@@ -375,7 +376,7 @@ def test_a_leaf_at_04_gets_8_times_the_push_of_leaves_at_005():
     assert y.sum() == pytest.approx(1)
     labels = np.ones((1, 1, 1), int)  # 'A' = {a1, a2, a3} in the coarse label set
     target = pack(labels, [H.label_set("coarse")])
-    grad = logit_grad(modified_crossentropy(np.ones(N_OUT), N_OUT), target, np.log(y)[None, None, None].astype(np.float32))
+    _, grad = logit_grads(modified_crossentropy(np.ones(N_OUT), N_OUT), target, np.log(y)[None, None, None].astype(np.float32))
     g = grad[0, 0, 0]
     assert np.all(g[1:4] < 0) and g[1] / g[2] == pytest.approx(8, rel=1e-4)
     np.testing.assert_allclose(g[1:4], y[1:4] * (1 - 1 / 0.5), rtol=1e-4)

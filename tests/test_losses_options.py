@@ -17,7 +17,8 @@ from stardist_hier.model.losses import (  # noqa: E402
     modified_focal_tversky,
 )
 
-from test_losses import H, N_OUT, pack, random_labels, random_probs, ref_ce, ref_ft_pixel  # noqa: E402
+from test_losses import (H, N_OUT, logit_grads, pack, random_labels, random_probs, ref_ce,  # noqa: E402
+                         ref_ft_pixel, softmax)
 
 
 @pytest.fixture
@@ -159,18 +160,6 @@ def ref_pixel_loss(y, S, ls, w, alpha=0.7, gamma=0.75, eps=1e-6):
     m = g.max() + 1
     ti = (y[S].sum() + m * eps) / (alpha + (1 - alpha) * y[g >= 0].sum() + eps)
     return ce + max(1 - ti, eps) ** gamma
-
-
-def softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def logit_grads(loss, y_true, logits):
-    z = tf.Variable(logits)
-    with tf.GradientTape() as tape:
-        value = tf.reduce_mean(loss(tf.constant(y_true), tf.nn.softmax(z)))
-    return float(value), tape.gradient(value, z).numpy()
 
 
 def numeric_grads(labels, logits, lsets, w, equal_logit, h=1e-5):
